@@ -1,0 +1,296 @@
+"""Typed run configuration: grouped frozen dataclasses, YAML files, dotted overrides.
+
+Pure ring: no Ray import. One source for every setting; the resolved config is written next to
+every output. Unknown keys and wrong types raise ``ConfigError`` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key is unknown, has the wrong type, or holds a value that cannot work."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name_or_path: str = "pipelines/assets/tiny-llama"
+    """Hub id (e.g. Qwen/Qwen2.5-0.5B-Instruct) or a local directory saved with save_pretrained."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit); ignored for local directories."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype for training: auto is bfloat16 on GPU (with train.bf16) and float32 on CPU."""
+    disable_dropout: bool = True
+    """Zero every dropout probability, as TRL's DPOTrainer does by default."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: str = "pipelines/assets/quickstart_pairs.jsonl"
+    """JSONL or Parquet file, directory of them, or glob, with prompt/chosen/rejected string columns."""
+    max_length: int = 128
+    """Most tokens in prompt + completion; longer sequences are cut at the end (keep_start)."""
+    eval_fraction: float = 0.1
+    """Share of distinct prompts held out for evaluation (chosen by a hash of the prompt)."""
+    tokenize_actors: int = 1
+    """Ray Data actors that tokenize in parallel (each holds one tokenizer)."""
+    tokenize_batch_size: int = 256
+    """Rows per tokenization batch."""
+
+    def __post_init__(self) -> None:
+        if self.max_length < 4:
+            raise ConfigError(f"data.max_length={self.max_length}: must be at least 4 tokens")
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise ConfigError(f"data.eval_fraction={self.eval_fraction}: must be in (0, 1)")
+        if self.tokenize_actors < 1 or self.tokenize_batch_size < 1:
+            raise ConfigError("data.tokenize_actors and data.tokenize_batch_size must be >= 1")
+
+
+@dataclass(frozen=True)
+class ReferenceConfig:
+    min_actors: int = 1
+    """Smallest size of the reference scoring actor pool."""
+    max_actors: int = 1
+    """Largest size of the pool; an autoscaled cluster adds actors up to it."""
+    num_gpus_per_actor: float = 0.0
+    """GPUs each scoring actor reserves (0 on CPU machines)."""
+    batch_size: int = 32
+    """Pairs per scoring batch."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Scoring dtype: auto is bfloat16 when the actor has a GPU, float32 otherwise."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_actors <= self.max_actors:
+            raise ConfigError(
+                f"reference.min_actors={self.min_actors}, reference.max_actors={self.max_actors}: "
+                "need 1 <= min_actors <= max_actors"
+            )
+        if self.num_gpus_per_actor < 0 or self.batch_size < 1:
+            raise ConfigError("reference.num_gpus_per_actor must be >= 0 and reference.batch_size >= 1")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    type: Literal["sigmoid"] = "sigmoid"
+    """Preference loss (see README's loss table)."""
+    beta: float = 0.1
+    """Inverse temperature of the implicit reward beta * log(pi / pi_ref)."""
+    label_smoothing: float = 0.0
+    """cDPO label-noise rate eps for the sigmoid loss, in [0, 0.5)."""
+
+    def __post_init__(self) -> None:
+        if self.beta <= 0:
+            raise ConfigError(f"loss.beta={self.beta}: must be > 0")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ConfigError(f"loss.label_smoothing={self.label_smoothing}: must be in [0, 0.5)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    learning_rate: float = 5e-7
+    """Peak learning rate of AdamW."""
+    lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    """transformers scheduler after warmup (constant means constant_with_warmup)."""
+    warmup_ratio: float = 0.0
+    """Share of max_steps spent warming up linearly from 0."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+    gradient_clipping: float = 1.0
+    """Global gradient-norm clip (0 turns it off)."""
+    max_steps: int = 100
+    """Optimizer steps to run; the data repeats in new epochs as needed."""
+    batch_size: int = 32
+    """Pairs per optimizer step across all workers (global batch)."""
+    micro_batch_size: int = 8
+    """Pairs per forward/backward on one worker; accumulation makes up the rest."""
+    num_workers: int = 2
+    """Ray Train workers (one DeepSpeed rank each)."""
+    cpus_per_worker: int = 1
+    """CPUs each worker reserves; also its torch thread count."""
+    use_gpu: bool = False
+    """One GPU per worker, NCCL, and bf16 when train.bf16 is on."""
+    bf16: bool = True
+    """bfloat16 mixed precision on GPU (ignored on CPU, where DeepSpeed runs fp32)."""
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    """DeepSpeed ZeRO stage."""
+    seed: int = 42
+    """Seed for weights-independent randomness (data order, dropout if on)."""
+    eval_every: int = 50
+    """Evaluate on the held-out pairs every this many steps (also at step 0 and at the end)."""
+    logging_steps: int = 10
+    """Report train metrics every this many steps."""
+
+    def __post_init__(self) -> None:
+        positive = {
+            "max_steps": self.max_steps, "batch_size": self.batch_size,
+            "micro_batch_size": self.micro_batch_size, "num_workers": self.num_workers,
+            "cpus_per_worker": self.cpus_per_worker, "eval_every": self.eval_every,
+            "logging_steps": self.logging_steps,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"train.{name}={value}: must be >= 1")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"train.learning_rate={self.learning_rate}: must be > 0")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"train.warmup_ratio={self.warmup_ratio}: must be in [0, 1)")
+        per_step = self.micro_batch_size * self.num_workers
+        if self.batch_size % per_step:
+            raise ConfigError(
+                f"train.batch_size={self.batch_size} is not a multiple of train.micro_batch_size x "
+                f"train.num_workers = {per_step}; pick a batch size that divides evenly"
+            )
+
+    def gradient_accumulation_steps(self) -> int:
+        return self.batch_size // (self.micro_batch_size * self.num_workers)
+
+    def warmup_steps(self) -> int:
+        return int(round(self.warmup_ratio * self.max_steps))
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output_dir: str = "outputs/quickstart"
+    """Where model/, metrics.json, config.yaml and Ray's run files go."""
+    overwrite_output_dir: bool = False
+    """Replace the results of an earlier run in output_dir; without it such a run stops at once."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    """Build a Config from nested plain data, checking every key and type."""
+    return _build(Config, raw, prefix="")
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> Config:
+    """YAML file (optional) + dotted ``key=value`` overrides -> validated Config."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        text = _read_text(Path(path))
+        loaded = yaml.safe_load(text)
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of config groups")
+        raw = loaded
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}': expected key=value, e.g. loss.beta=0.05")
+        _set_dotted(raw, key.strip(), yaml.safe_load(value) if value.strip() else "")
+    return from_dict(raw)
+
+
+def resolve_paths(config: Config) -> Config:
+    """Make local paths absolute so workers with another cwd find them; hub ids stay as given."""
+    model_path = config.model.name_or_path
+    if Path(model_path).exists():
+        model_path = str(Path(model_path).resolve())
+    data_path = config.data.path
+    if "://" not in data_path:
+        data_path = os.path.abspath(data_path)
+    output_dir = config.output_dir if "://" in config.output_dir else os.path.abspath(config.output_dir)
+    return dataclasses.replace(
+        config,
+        model=dataclasses.replace(config.model, name_or_path=model_path),
+        data=dataclasses.replace(config.data, path=data_path),
+        output_dir=output_dir,
+    )
+
+
+def _read_text(path: Path) -> str:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    return path.read_text()
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{key}': '{part}' is a value, not a group")
+        node = child
+    node[parts[-1]] = value
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "config"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key '{prefix}{unknown[0]}' (known in {where}: {', '.join(names)})"
+        )
+    kwargs: dict[str, Any] = {}
+    for name in names:
+        if name not in raw:
+            continue
+        tp = hints[name]
+        key = f"{prefix}{name}"
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, raw[name], prefix=f"{key}.")
+        else:
+            kwargs[name] = _coerce(raw[name], tp, key)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Literal:
+        if value in args and type(value) in {type(a) for a in args}:
+            return value
+        raise ConfigError(f"{key}={value!r}: must be one of {', '.join(map(repr, args))}")
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{key}: cannot be {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            value = [value]
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads "1e-5" as a string
+        except ValueError:
+            pass
+    if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{key}={value!r}: expected {tp.__name__}, got {type(value).__name__}")

@@ -1,0 +1,31 @@
+"""DeepSpeed config dict from the train config. Pure ring: no Ray import."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dpo_ray.config import TrainConfig
+
+
+def build_ds_config(train: TrainConfig) -> dict[str, Any]:
+    """ZeRO stage, batch arithmetic, clipping and precision for deepspeed.initialize.
+
+    The optimizer and scheduler are passed to deepspeed.initialize as torch objects, so no
+    "optimizer" section: DeepSpeed then needs no JIT-built FusedAdam (see RAY-DEEPSPEED-NOTES.md).
+    """
+    zero: dict[str, Any] = {"stage": train.zero_stage}
+    if train.zero_stage == 3:
+        # Gather the full weights at save time so export writes one HF model.
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    return {
+        "train_batch_size": train.batch_size,
+        "train_micro_batch_size_per_gpu": train.micro_batch_size,
+        "gradient_accumulation_steps": train.gradient_accumulation_steps(),
+        "gradient_clipping": train.gradient_clipping,
+        "zero_optimization": zero,
+        "bf16": {"enabled": train.use_gpu and train.bf16},
+        # A client (torch) optimizer under ZeRO is fine; DeepSpeed only warns it is "untested".
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }

@@ -1,0 +1,32 @@
+"""Reference scorer: a plain callable class; pipeline.py turns it into a Ray Data actor pool.
+
+Worker ring: no Ray import here either; Ray only calls it through map_batches.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from dpo_ray.collate import collate_pairs
+from dpo_ray.logprobs import forward_sequence_stats, split_pairs
+from dpo_ray.modeling import load_model, load_tokenizer, resolve_dtype
+
+
+class ReferenceScorer:
+    """Loads the frozen reference model once per actor; adds ref_chosen_logps / ref_rejected_logps."""
+
+    def __init__(self, name_or_path: str, revision: str | None, dtype: str, use_gpu: bool) -> None:
+        self.device = torch.device("cuda" if use_gpu else "cpu")
+        self.pad_id = load_tokenizer(name_or_path, revision).pad_token_id
+        self.model = load_model(
+            name_or_path, revision=revision, dtype=resolve_dtype(dtype, on_gpu=use_gpu), disable_dropout=True
+        ).to(self.device)
+        self.model.eval()
+
+    @torch.inference_mode()
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        tensors = collate_pairs(batch["prompt_ids"], batch["chosen_ids"], batch["rejected_ids"], pad_id=self.pad_id)
+        stats = forward_sequence_stats(self.model, {k: v.to(self.device) for k, v in tensors.items()})
+        chosen, rejected = split_pairs(stats.logps.double().cpu())
+        return {**batch, "ref_chosen_logps": chosen.numpy(), "ref_rejected_logps": rejected.numpy()}

@@ -1,0 +1,29 @@
+"""The short run summary printed by the entry scripts. Pure ring: no Ray import."""
+
+from __future__ import annotations
+
+from typing import Any
+
+SHOWN = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected")
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    lines = [
+        "== dpo_ray summary ==",
+        f"data       {s['data/rows_read']} rows read, {s['data/train_pairs']} train / "
+        f"{s['data/eval_pairs']} eval pairs, {s['data/dropped_prompt_too_long']} dropped (prompt too long)",
+        f"reference  scored in {s['ref/seconds']:.1f} s",
+        f"{'metric':<22}{'eval start':>12}{'eval end':>12}{'train end':>12}",
+    ]
+    for name in SHOWN:
+        lines.append(
+            f"{name:<22}{s[f'initial_eval/{name}']:>12.4f}{s[f'eval/{name}']:>12.4f}{s[f'train/{name}']:>12.4f}"
+        )
+    lines += [
+        f"throughput {s['perf/pairs_per_second']:.1f} pairs/s, {s['perf/tokens_per_second']:.0f} tokens/s "
+        f"({s['perf/num_workers']:.0f} workers, {s['perf/train_seconds']:.1f} s training, "
+        f"first step after {s['perf/seconds_to_first_step']:.1f} s)",
+        f"total      {s['perf/total_seconds']:.1f} s",
+        f"model      {s['model_dir']}",
+    ]
+    return "\n".join(lines)

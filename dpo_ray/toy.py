@@ -1,0 +1,107 @@
+"""The quickstart's synthetic preference data and tiny model, built offline.
+
+Pure ring: no Ray import. Used by pipelines/make_quickstart_assets.py and by the tests, which
+save a model and tokenizer to a directory and load them through from_pretrained, the same path a
+hub id takes.
+
+The preference depends on the prompt: the prompt asks for a positive or a negative review, and the
+chosen completion has that sentiment. Both sentiments appear as chosen and as rejected equally
+often, so a model can only rank the pair right by reading the prompt.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+ITEMS = (
+    "lamp", "kettle", "novel", "bicycle", "jacket", "phone", "camera", "backpack", "chair", "desk",
+    "blender", "guitar", "movie", "album", "restaurant", "hotel", "laptop", "watch", "umbrella", "tent",
+    "printer", "sofa", "mattress", "toaster", "game", "podcast", "museum", "bakery", "scarf", "helmet",
+)
+NAMES = (
+    "Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Gus", "Hana", "Ivan", "Jo", "Kai", "Lena", "Mo",
+    "Nia", "Omar", "Pia", "Quinn", "Rosa", "Sam", "Tariq", "Uma", "Vik", "Wen", "Xena", "Yuki", "Zoe",
+)
+POSITIVE = ("wonderful", "great", "excellent", "superb", "lovely", "fantastic", "delightful", "brilliant")
+NEGATIVE = ("terrible", "awful", "dreadful", "poor", "horrible", "disappointing", "flimsy", "useless")
+TEMPLATES = (
+    "The {item} is {adj}.",
+    "I think this {item} is {adj}.",
+    "What a {adj} {item}!",
+    "Honestly, a {adj} {item}.",
+    "My {item} turned out {adj}, really {adj2}.",
+)
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
+
+
+def _review(rng: random.Random, item: str, words: tuple[str, ...]) -> str:
+    adj, adj2 = rng.sample(words, 2)
+    return " " + rng.choice(TEMPLATES).format(item=item, adj=adj, adj2=adj2)
+
+
+def make_preference_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
+    """``n`` rows {prompt, chosen, rejected}; the chosen review's sentiment is the one asked for."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        item, name = rng.choice(ITEMS), rng.choice(NAMES)
+        positive = rng.random() < 0.5
+        prompt = f"{name} asks for a {'positive' if positive else 'negative'} review of the {item}."
+        good, bad = (POSITIVE, NEGATIVE) if positive else (NEGATIVE, POSITIVE)
+        rows.append({"prompt": prompt, "chosen": _review(rng, item, good), "rejected": _review(rng, item, bad)})
+    return rows
+
+
+def train_tokenizer(texts: list[str], vocab_size: int = 384) -> PreTrainedTokenizerFast:
+    """Byte-level BPE trained on ``texts``; BOS/EOS/PAD as a Llama tokenizer has them."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    bos = SPECIAL_TOKENS[1]
+    # Prepend BOS to every encoded text, as Llama tokenizers do (exercises TRL's BOS rule).
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tok.token_to_id(bos))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+    )
+
+
+def build_tiny_model(
+    out_dir: str | Path,
+    rows: list[dict[str, str]],
+    *,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    vocab_size: int = 384,
+    seed: int = 0,
+) -> Path:
+    """Train a tokenizer on ``rows``, build a randomly initialised Llama, save both to ``out_dir``."""
+    import torch  # local: keeps module import light for data-only callers
+
+    texts = [r["prompt"] + r["chosen"] for r in rows] + [r["rejected"] for r in rows]
+    tokenizer = train_tokenizer(texts, vocab_size=vocab_size)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 4,
+        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,
+        max_position_embeddings=256, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -1,0 +1,37 @@
+"""Run a DPO job: python pipelines/dpo.py [--config FILE] [key=value ...].
+
+Also runs as `ray job submit -- python pipelines/dpo.py ...`; with no cluster it starts a local Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dpo_ray.config import ConfigError, load_config
+from dpo_ray.data import DataError
+from dpo_ray.summary import format_summary
+
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "quickstart.yaml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: the quickstart)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. loss.beta=0.05 train.max_steps=20")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        from dpo_ray.pipeline import run  # Ray and torch load only for a valid config
+
+        summary = run(cfg)
+    except (ConfigError, DataError) as err:
+        print(f"dpo_ray: error: {err}", file=sys.stderr)
+        return 2
+    print(format_summary(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
