@@ -47,11 +47,29 @@ def expand_paths(path: str) -> list[str]:
 
 
 def parse_file(path: str, content: bytes) -> list[dict[str, Any]]:
-    """One file's bytes -> validated rows {prompt, chosen, rejected, source}.
+    """One file's bytes -> rows {prompt, chosen, rejected, source, error}.
 
-    ``source`` is ``file:line`` (JSONL, 1-based) or ``file:row`` (Parquet, 0-based) so any later
-    message can point at the row.
+    ``source`` is ``file:line`` (JSONL, 1-based) or ``file:row N`` (Parquet, 0-based). A row that
+    cannot be used keeps empty texts and says why in ``error`` (a file that cannot be read becomes
+    one such row): Ray Data tasks lose exception types on the way to the driver, so errors travel
+    as data and the driver raises the first one (see pipeline._count_rows).
     """
+    try:
+        numbered = _records(path, content)
+    except DataError as err:
+        return [_error_row(path, str(err))]
+    if not numbered:
+        return [_error_row(path, f"{path}: file has no rows; remove it or fill it with prompt/chosen/rejected rows")]
+    rows = []
+    for where, rec in numbered:
+        try:
+            rows.append(validate_row(rec, where))
+        except DataError as err:
+            rows.append(_error_row(where, str(err)))
+    return rows
+
+
+def _records(path: str, content: bytes) -> list[tuple[str, Any]]:
     if path.endswith(".parquet"):
         try:
             table = pq.read_table(io.BytesIO(content))
@@ -63,37 +81,42 @@ def parse_file(path: str, content: bytes) -> list[dict[str, Any]]:
                 f"{path}: no '{missing[0]}' column (columns: {', '.join(table.column_names)}); "
                 "every row needs prompt, chosen and rejected strings"
             )
-        records = table.select(list(REQUIRED_COLUMNS)).to_pylist()
-        numbered = [(f"{path}:row {i}", rec) for i, rec in enumerate(records)]
-    else:
-        numbered = []
-        for lineno, line in enumerate(content.decode("utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({err.msg}); one object per line") from err
-            if not isinstance(rec, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-            numbered.append((f"{path}:{lineno}", rec))
-    if not numbered:
-        raise DataError(f"{path}: file has no rows; remove it or fill it with prompt/chosen/rejected rows")
-    return [validate_row(rec, where) for where, rec in numbered]
+        return [(f"{path}:row {i}", rec) for i, rec in enumerate(table.select(list(REQUIRED_COLUMNS)).to_pylist())]
+    numbered = []
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{lineno}: not valid JSON ({err.msg}); one object per line") from err
+        numbered.append((f"{path}:{lineno}", rec))
+    return numbered
 
 
-def validate_row(rec: dict[str, Any], where: str) -> dict[str, Any]:
+def _error_row(where: str, message: str) -> dict[str, Any]:
+    return {"prompt": "", "chosen": "", "rejected": "", "source": where, "error": message}
+
+
+def validate_row(rec: Any, where: str) -> dict[str, Any]:
     """Check one record; return it with its ``source``. Raises DataError naming row and key."""
+    if not isinstance(rec, dict):
+        raise DataError(f"{where}: expected an object with prompt/chosen/rejected, got {type(rec).__name__}")
     for col in REQUIRED_COLUMNS:
         if col not in rec:
             raise DataError(f"{where}: missing '{col}'; every row needs prompt, chosen and rejected strings")
         value = rec[col]
         if not isinstance(value, str):
-            raise DataError(f"{where}: '{col}' is {type(value).__name__ if value is not None else 'null'}, expected a string")
+            kind = "null" if value is None else type(value).__name__
+            raise DataError(f"{where}: '{col}' is {kind}, expected a string")
     for col in ("chosen", "rejected"):
         if not rec[col].strip():
             raise DataError(f"{where}: '{col}' is empty; a preference pair needs two non-empty completions")
-    return {"prompt": rec["prompt"], "chosen": rec["chosen"], "rejected": rec["rejected"], "source": where}
+    return {"prompt": rec["prompt"], "chosen": rec["chosen"], "rejected": rec["rejected"], "source": where, "error": ""}
 
 
 def row_id(prompt: str, chosen: str, rejected: str) -> str:
@@ -144,13 +167,15 @@ def tokenize_batch(tokenizer: Any, batch: dict[str, np.ndarray], *, max_length: 
     enc = lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]  # noqa: E731
     p_ids, c_ids, r_ids = enc(prompts), enc(chosen), enc(rejected)
     bos_id = tokenizer.bos_token_id if tokenizer_adds_bos(tokenizer) else None
-    out: dict[str, list[Any]] = {k: [] for k in ("row_id", "source", "prompt_ids", "chosen_ids", "rejected_ids", "is_eval", "drop_reason")}
+    out: dict[str, list[Any]] = {k: [] for k in ("row_id", "source", "error", "prompt_ids", "chosen_ids", "rejected_ids", "is_eval", "drop_reason")}
     for i, prompt in enumerate(prompts):
-        tokens = tokenize_pair(p_ids[i], c_ids[i], r_ids[i], bos_id=bos_id, eos_id=tokenizer.eos_token_id, max_length=max_length)
+        error = str(batch["error"][i])
+        out["error"].append(error)
+        tokens = None if error else tokenize_pair(p_ids[i], c_ids[i], r_ids[i], bos_id=bos_id, eos_id=tokenizer.eos_token_id, max_length=max_length)
         out["row_id"].append(row_id(prompt, chosen[i], rejected[i]))
         out["source"].append(str(batch["source"][i]))
         out["is_eval"].append(is_eval_prompt(prompt, eval_fraction))
-        out["drop_reason"].append("" if tokens is not None else "prompt_too_long")
+        out["drop_reason"].append("error" if error else "" if tokens is not None else "prompt_too_long")
         p, c, r = tokens if tokens is not None else ([], [], [])
         out["prompt_ids"].append(np.asarray(p, dtype=np.int32))
         out["chosen_ids"].append(np.asarray(c, dtype=np.int32))

@@ -28,7 +28,8 @@ def sequence_logps(logits: torch.Tensor, input_ids: torch.Tensor, completion_mas
     logits (N, T, V) predict the next token: logits[:, t] scores input_ids[:, t + 1].
     completion_mask (N, T) marks completion tokens of input_ids. Computed in float32 at least.
     """
-    logits = logits[:, :-1].float()  # (N, T-1, V)
+    logits = logits[:, :-1]  # (N, T-1, V)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16/fp16 -> fp32
     labels = input_ids[:, 1:]  # (N, T-1)
     mask = completion_mask[:, 1:].to(logits.dtype)  # (N, T-1)
     token_logps = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)

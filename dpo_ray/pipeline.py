@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,11 @@ def run(config: Config) -> dict[str, Any]:
     files = expand_paths(cfg.data.path)
     if not ray.is_initialized():
         ray.init()  # joins RAY_ADDRESS / a running cluster, else starts a local Ray
+    # Progress bars help in a terminal and flood a log file or `ray job logs`.
+    ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
     started = time.perf_counter()
 
-    tokenized = _unwrap_data_errors(lambda: tokenize(cfg, files).materialize())
+    tokenized = tokenize(cfg, files).materialize()
     counts = _count_rows(tokenized, cfg)
 
     ref_start = time.perf_counter()
@@ -112,23 +115,12 @@ def _check_output_dir(out: Path, overwrite: bool) -> None:
         )
 
 
-def _unwrap_data_errors(fn: Any) -> Any:
-    """Ray wraps a UDF's DataError in its own exceptions; surface the DataError itself."""
-    try:
-        return fn()
-    except DataError:
-        raise
-    except Exception as err:  # Ray's wrappers differ by version; we only look for our cause
-        cause: BaseException | None = err
-        while cause is not None:
-            if isinstance(cause, DataError):
-                raise DataError(str(cause).splitlines()[0]) from None
-            cause = cause.__cause__
-        raise
-
-
 def _count_rows(tokenized: ray.data.Dataset, cfg: Config) -> dict[str, int]:
-    flags = tokenized.select_columns(["is_eval", "drop_reason"]).to_pandas()
+    flags = tokenized.select_columns(["source", "error", "is_eval", "drop_reason"]).to_pandas()
+    errors = flags[flags["error"] != ""]
+    if len(errors):
+        more = f" (and {len(errors) - 1} more bad rows)" if len(errors) > 1 else ""
+        raise DataError(errors["error"].iloc[0] + more)
     kept = flags[flags["drop_reason"] == ""]
     counts = {
         "data/rows_read": len(flags),

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import math
+
+import torch
+
+from dpo_ray.collate import collate_pairs, count_tokens
+from dpo_ray.logprobs import forward_sequence_stats, sequence_logps, split_pairs
+from dpo_ray.modeling import load_model
+
+
+def test_collate_layout() -> None:
+    out = collate_pairs([[1, 5], [1]], [[7, 2], [8, 9, 2]], [[6, 2], [2]], pad_id=0)
+    assert out["input_ids"].tolist() == [
+        [1, 5, 7, 2], [1, 8, 9, 2],  # chosen rows first
+        [1, 5, 6, 2], [1, 2, 0, 0],  # then rejected, right padded
+    ]
+    assert out["completion_mask"].tolist() == [[0, 0, 1, 1], [0, 1, 1, 1], [0, 0, 1, 1], [0, 1, 0, 0]]
+    assert out["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 0, 0]]
+    assert count_tokens(out) == 14
+
+
+def test_sequence_logps_matches_a_brute_force_loop() -> None:
+    torch.manual_seed(0)
+    batch = collate_pairs([[1, 5, 6], [1]], [[7, 2], [8, 9, 4, 2]], [[3, 2], [2]], pad_id=0)
+    n, t = batch["input_ids"].shape
+    logits = torch.randn(n, t, 11, dtype=torch.float64)
+    stats = sequence_logps(logits, batch["input_ids"], batch["completion_mask"])
+    for i in range(n):
+        total, count, logit_sum = 0.0, 0, 0.0
+        for pos in range(1, t):
+            if batch["completion_mask"][i, pos]:
+                probs = [math.exp(x) for x in logits[i, pos - 1].tolist()]
+                total += math.log(probs[int(batch["input_ids"][i, pos])] / sum(probs))
+                count += 1
+                logit_sum += sum(logits[i, pos - 1].tolist()) / 11
+        assert abs(stats.logps[i].item() - total) < 1e-9
+        assert stats.num_tokens[i].item() == count
+        assert abs(stats.logits_sum[i].item() - logit_sum) < 1e-9
+
+
+def test_padding_does_not_change_logps(tiny_model_dir: str) -> None:
+    model = load_model(tiny_model_dir).eval()
+    alone = collate_pairs([[1, 20, 21]], [[30, 2]], [[31, 2]], pad_id=0)
+    padded = collate_pairs([[1, 20, 21], [1, 40, 41, 42, 43, 44]], [[30, 2], [50, 51, 52, 2]], [[31, 2], [53, 2]], pad_id=0)
+    with torch.no_grad():
+        a = forward_sequence_stats(model, alone).logps
+        b = forward_sequence_stats(model, padded).logps
+    a_chosen, a_rejected = split_pairs(a)
+    b_chosen, b_rejected = split_pairs(b)
+    assert torch.allclose(a_chosen[0], b_chosen[0], atol=1e-5)
+    assert torch.allclose(a_rejected[0], b_rejected[0], atol=1e-5)
