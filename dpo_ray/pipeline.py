@@ -51,9 +51,8 @@ def run(config: Config) -> dict[str, Any]:
     eval_ds = scored.filter(lambda row: row["is_eval"]).select_columns(TRAIN_COLUMNS).materialize()
     result = build_trainer(cfg, train_ds, eval_ds).fit()
 
-    summary = _write_outputs(cfg, out, result, counts, ref_seconds)
-    summary["perf/total_seconds"] = time.perf_counter() - started
-    return summary
+    timings = {"ref/seconds": ref_seconds, "perf/total_seconds": time.perf_counter() - started}
+    return _write_outputs(cfg, out, result, {**counts, **timings})
 
 
 def tokenize(cfg: Config, files: list[str]) -> ray.data.Dataset:
@@ -138,7 +137,7 @@ def _count_rows(tokenized: ray.data.Dataset, cfg: Config) -> dict[str, int]:
     return counts
 
 
-def _write_outputs(cfg: Config, out: Path, result: Any, counts: dict[str, int], ref_seconds: float) -> dict[str, Any]:
+def _write_outputs(cfg: Config, out: Path, result: Any, run_stats: dict[str, float]) -> dict[str, Any]:
     """model/ (moved in last, atomically), metrics.json, metrics_history.jsonl, config.yaml."""
     out.mkdir(parents=True, exist_ok=True)
     with result.checkpoint.as_directory() as ckpt:
@@ -148,8 +147,7 @@ def _write_outputs(cfg: Config, out: Path, result: Any, counts: dict[str, int], 
         shutil.copytree(Path(ckpt, "model"), staged)
     initial = {f"initial_{k}": v for k, v in history[0].items() if k.startswith("eval/")}
     final = {k: v for k, v in result.metrics.items() if k != "step"}
-    summary: dict[str, Any] = {**counts, "ref/seconds": ref_seconds, **initial, **final,
-                               "model_dir": str(out / "model")}
+    summary: dict[str, Any] = {**run_stats, **initial, **final, "model_dir": str(out / "model")}
     _atomic_write(out / "config.yaml", cfg.to_yaml())
     _atomic_write(out / "metrics_history.jsonl", "".join(json.dumps(row) + "\n" for row in history))
     _atomic_write(out / "metrics.json", json.dumps(summary, indent=2, sort_keys=True))
