@@ -20,30 +20,60 @@ class SequenceStats:
     """Completion token count |y|."""
     logits_sum: torch.Tensor
     """Sum over completion tokens of the mean logit over the vocabulary (TRL's logits/* metric)."""
+    prefix_logps: torch.Tensor
+    """Sum of log p over the first prefix_lengths completion tokens (LD-DPO's l_p part)."""
+    wpo_logw: torch.Tensor | None = None
+    """WPO log-weight: mean over completion tokens of log p(y_t) - log sum_v p(v)^2, no gradient."""
 
 
-def sequence_logps(logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor) -> SequenceStats:
+def sequence_logps(
+    logits: torch.Tensor,
+    input_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    prefix_lengths: torch.Tensor | None = None,
+    with_wpo: bool = False,
+) -> SequenceStats:
     """Summed completion log-probs.
 
     logits (N, T, V) predict the next token: logits[:, t] scores input_ids[:, t + 1].
-    completion_mask (N, T) marks completion tokens of input_ids. Computed in float32 at least.
+    completion_mask (N, T) marks completion tokens of input_ids; prefix_lengths (N,) counts the
+    completion tokens summed into ``prefix_logps`` (default: all). Computed in float32 at least.
     """
     logits = logits[:, :-1]  # (N, T-1, V)
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16/fp16 -> fp32
     labels = input_ids[:, 1:]  # (N, T-1)
     mask = completion_mask[:, 1:].to(logits.dtype)  # (N, T-1)
-    token_logps = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    log_norm = torch.logsumexp(logits, dim=-1)  # (N, T-1)
+    token_logps = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - log_norm
+    num_tokens = mask.sum(-1)
+    limit = num_tokens if prefix_lengths is None else prefix_lengths.to(mask.dtype)
+    prefix_mask = mask * (torch.cumsum(mask, dim=-1) <= limit.unsqueeze(-1))
+    wpo_logw = None
+    if with_wpo:
+        with torch.no_grad():
+            # log sum_v p(v)^2 = logsumexp_v(2 logit_v) - 2 logsumexp_v(logit_v)
+            log_sq = torch.logsumexp(2.0 * logits, dim=-1) - 2.0 * log_norm
+            wpo_logw = ((token_logps - log_sq) * mask).sum(-1) / num_tokens.clamp(min=1.0)
     return SequenceStats(
         logps=(token_logps * mask).sum(-1),
-        num_tokens=mask.sum(-1),
+        num_tokens=num_tokens,
         logits_sum=(logits.mean(-1).detach() * mask).sum(-1),
+        prefix_logps=(token_logps * prefix_mask).sum(-1),
+        wpo_logw=wpo_logw,
     )
 
 
-def forward_sequence_stats(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> SequenceStats:
-    """One forward of the concatenated (2B, T) batch from collate_pairs -> per-sequence stats."""
+def forward_sequence_stats(model: torch.nn.Module, batch: dict[str, torch.Tensor], with_wpo: bool = False) -> SequenceStats:
+    """One forward of the concatenated (2B, T) batch from collate_pairs -> per-sequence stats.
+
+    The LD-DPO prefix of both rows of a pair is the shorter completion's length, l_p = min(|y_c|, |y_r|).
+    """
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-    return sequence_logps(out.logits, batch["input_ids"], batch["completion_mask"])
+    lengths = batch["completion_mask"][:, 1:].sum(-1)
+    chosen_len, rejected_len = split_pairs(lengths)
+    shared = torch.minimum(chosen_len, rejected_len)
+    return sequence_logps(out.logits, batch["input_ids"], batch["completion_mask"],
+                          prefix_lengths=torch.cat([shared, shared]), with_wpo=with_wpo)
 
 
 def split_pairs(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

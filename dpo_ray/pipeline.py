@@ -20,10 +20,11 @@ from ray.train.torch import TorchTrainer
 
 from dpo_ray.config import Config, ConfigError, resolve_paths
 from dpo_ray.data import DataError, TokenizeRows, expand_paths, parse_file
+from dpo_ray.objective import REF_COLUMNS
 from dpo_ray.reference import ReferenceScorer
 from dpo_ray.train_loop import train_loop_per_worker
 
-TRAIN_COLUMNS = ["row_id", "prompt_ids", "chosen_ids", "rejected_ids", "ref_chosen_logps", "ref_rejected_logps"]
+TOKEN_COLUMNS = ["row_id", "prompt_ids", "chosen_ids", "rejected_ids"]
 
 
 def run(config: Config) -> dict[str, Any]:
@@ -43,16 +44,20 @@ def run(config: Config) -> dict[str, Any]:
 
     ref_start = time.perf_counter()
     kept = tokenized.filter(lambda row: row["drop_reason"] == "")
-    scored = score_reference(cfg, kept).materialize()
+    columns = TOKEN_COLUMNS + ([] if cfg.loss.reference_free() else list(REF_COLUMNS))
+    scored = kept if cfg.loss.reference_free() else score_reference(cfg, kept).materialize()
     ref_seconds = time.perf_counter() - ref_start
 
-    train_ds = scored.filter(lambda row: not row["is_eval"]).select_columns(TRAIN_COLUMNS)
+    train_ds = scored.filter(lambda row: not row["is_eval"]).select_columns(columns)
     train_ds = train_ds.random_shuffle(seed=cfg.train.seed).materialize()
-    eval_ds = scored.filter(lambda row: row["is_eval"]).select_columns(TRAIN_COLUMNS).materialize()
+    eval_ds = scored.filter(lambda row: row["is_eval"]).select_columns(columns).materialize()
     result = build_trainer(cfg, train_ds, eval_ds).fit()
 
-    timings = {"ref/seconds": ref_seconds, "perf/total_seconds": time.perf_counter() - started}
-    return _write_outputs(cfg, out, result, {**counts, **timings})
+    run_stats = {
+        **counts, "ref/seconds": ref_seconds, "ref/skipped": float(cfg.loss.reference_free()),
+        "perf/total_seconds": time.perf_counter() - started,
+    }
+    return _write_outputs(cfg, out, result, run_stats)
 
 
 def tokenize(cfg: Config, files: list[str]) -> ray.data.Dataset:

@@ -29,4 +29,10 @@ class ReferenceScorer:
         tensors = collate_pairs(batch["prompt_ids"], batch["chosen_ids"], batch["rejected_ids"], pad_id=self.pad_id)
         stats = forward_sequence_stats(self.model, {k: v.to(self.device) for k, v in tensors.items()})
         chosen, rejected = split_pairs(stats.logps.double().cpu())
-        return {**batch, "ref_chosen_logps": chosen.numpy(), "ref_rejected_logps": rejected.numpy()}
+        chosen_prefix, rejected_prefix = split_pairs(stats.prefix_logps.double().cpu())
+        return {
+            **batch,
+            "ref_chosen_logps": chosen.numpy(), "ref_rejected_logps": rejected.numpy(),
+            # LD-DPO reads the shared-length prefix; keeping it makes the cache independent of alpha.
+            "ref_chosen_prefix_logps": chosen_prefix.numpy(), "ref_rejected_prefix_logps": rejected_prefix.numpy(),
+        }

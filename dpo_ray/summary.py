@@ -12,7 +12,8 @@ def format_summary(s: dict[str, Any]) -> str:
         "== dpo_ray summary ==",
         f"data       {s['data/rows_read']} rows read, {s['data/train_pairs']} train / "
         f"{s['data/eval_pairs']} eval pairs, {s['data/dropped_prompt_too_long']} dropped (prompt too long)",
-        f"reference  scored in {s['ref/seconds']:.1f} s",
+        "reference  skipped: reference-free loss, no reference model loaded" if s["ref/skipped"]
+        else f"reference  scored in {s['ref/seconds']:.1f} s",
         f"{'metric':<22}{'eval start':>12}{'eval end':>12}{'train end':>12}",
     ]
     for name in SHOWN:

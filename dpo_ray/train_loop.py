@@ -20,13 +20,11 @@ import torch
 import torch.distributed as dist
 from transformers import get_scheduler
 
-from dpo_ray.collate import collate_pairs, count_tokens
 from dpo_ray.config import Config, from_dict
 from dpo_ray.ds_config import build_ds_config
-from dpo_ray.logprobs import forward_sequence_stats, split_pairs
-from dpo_ray.losses import preference_loss
 from dpo_ray.metrics import SUM_FIELDS, finalize, metric_sums
 from dpo_ray.modeling import load_model, load_tokenizer, resolve_dtype
+from dpo_ray.objective import batch_objective
 
 SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 
@@ -127,28 +125,16 @@ def _micro_batches(shard: Any, cfg: Config, rank: int) -> Iterator[dict[str, np.
         epoch += 1
 
 
-def _pair_loss(engine: Any, batch: dict[str, np.ndarray], cfg: Config, pad_id: int, device: torch.device):
-    tensors = {k: v.to(device) for k, v in collate_pairs(batch["prompt_ids"], batch["chosen_ids"], batch["rejected_ids"], pad_id=pad_id).items()}
-    stats = forward_sequence_stats(engine, tensors)
-    policy_chosen, policy_rejected = split_pairs(stats.logps)
-    ref = {k: torch.as_tensor(batch[k], dtype=torch.float32, device=device) for k in ("ref_chosen_logps", "ref_rejected_logps")}
-    result = preference_loss(
-        policy_chosen, policy_rejected, ref["ref_chosen_logps"], ref["ref_rejected_logps"],
-        loss_type=cfg.loss.type, beta=cfg.loss.beta, label_smoothing=cfg.loss.label_smoothing,
-    )
-    return result, stats, count_tokens(tensors)
-
-
 def _train_step(engine: Any, batches: Iterator[dict[str, np.ndarray]], cfg: Config, pad_id: int, device: torch.device):
     """One optimizer step = gradient_accumulation_steps micro-batches; returns local metric sums."""
     sums = torch.zeros(len(SUM_FIELDS), dtype=torch.float64, device=device)
     tokens = torch.zeros(1, dtype=torch.int64, device=device)
     for _ in range(cfg.train.gradient_accumulation_steps()):
-        result, stats, n_tokens = _pair_loss(engine, next(batches), cfg, pad_id, device)
-        engine.backward(result.losses.mean())  # DeepSpeed divides by the accumulation steps
+        out = batch_objective(engine, next(batches), cfg.loss, pad_id=pad_id, device=device)
+        engine.backward(out.result.losses.mean())  # DeepSpeed divides by the accumulation steps
         engine.step()  # steps the optimizer and scheduler only at the accumulation boundary
-        sums += metric_sums(result, stats)
-        tokens += n_tokens
+        sums += metric_sums(out.result, out.stats)
+        tokens += out.num_tokens
     return sums, tokens
 
 
@@ -157,8 +143,8 @@ def _evaluate(engine: Any, shard: Any, cfg: Config, pad_id: int, device: torch.d
     engine.eval()
     sums = torch.zeros(len(SUM_FIELDS), dtype=torch.float64, device=device)
     for batch in shard.iter_batches(batch_size=cfg.train.micro_batch_size, batch_format="numpy"):
-        result, stats, _ = _pair_loss(engine, batch, cfg, pad_id, device)
-        sums += metric_sums(result, stats)
+        out = batch_objective(engine, batch, cfg.loss, pad_id=pad_id, device=device)
+        sums += metric_sums(out.result, out.stats)
     dist.all_reduce(sums)
     engine.train()
     metrics = finalize(sums, "eval/")

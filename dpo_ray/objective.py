@@ -1,0 +1,59 @@
+"""One micro-batch's DPO objective: collate, forward, log-probs, modifiers, loss.
+
+Pure ring: no Ray import. The trainer calls it for training and evaluation; tests call it with a
+plain model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from dpo_ray.collate import collate_pairs, count_tokens
+from dpo_ray.config import LossConfig
+from dpo_ray.logprobs import SequenceStats, forward_sequence_stats, split_pairs
+from dpo_ray.losses import PreferenceLoss, ld_logps, preference_loss, wpo_weights
+
+REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps", "ref_chosen_prefix_logps", "ref_rejected_prefix_logps")
+
+
+@dataclass
+class BatchObjective:
+    result: PreferenceLoss
+    stats: SequenceStats
+    num_tokens: int
+    """Non-pad tokens in the (2B, T) batch."""
+
+
+def batch_objective(
+    model: torch.nn.Module, batch: dict[str, np.ndarray], loss: LossConfig, *, pad_id: int, device: torch.device
+) -> BatchObjective:
+    """Numpy batch of token ids (+ cached reference columns) -> per-pair losses and stats."""
+    tensors = {k: v.to(device) for k, v in collate_pairs(batch["prompt_ids"], batch["chosen_ids"], batch["rejected_ids"], pad_id=pad_id).items()}
+    stats = forward_sequence_stats(model, tensors, with_wpo=loss.wpo)
+    chosen, rejected = split_pairs(stats.logps)
+    chosen_lengths, rejected_lengths = split_pairs(stats.num_tokens)
+    if loss.ld_alpha is not None:
+        chosen_prefix, rejected_prefix = split_pairs(stats.prefix_logps)
+        chosen, rejected = ld_logps(chosen, chosen_prefix, loss.ld_alpha), ld_logps(rejected, rejected_prefix, loss.ld_alpha)
+    ref_chosen = ref_rejected = None
+    if not loss.reference_free():
+        ref = {k: torch.as_tensor(np.asarray(batch[k], dtype=np.float32), device=device) for k in REF_COLUMNS}
+        ref_chosen, ref_rejected = ref["ref_chosen_logps"], ref["ref_rejected_logps"]
+        if loss.ld_alpha is not None:
+            ref_chosen = ld_logps(ref_chosen, ref["ref_chosen_prefix_logps"], loss.ld_alpha)
+            ref_rejected = ld_logps(ref_rejected, ref["ref_rejected_prefix_logps"], loss.ld_alpha)
+    pair_weights = None
+    if loss.wpo:
+        assert stats.wpo_logw is not None
+        pair_weights = wpo_weights(*split_pairs(stats.wpo_logw))
+    result = preference_loss(
+        chosen, rejected, ref_chosen, ref_rejected,
+        loss_type=loss.type, weights=loss.loss_weights(), beta=loss.beta, label_smoothing=loss.label_smoothing,
+        f_divergence=loss.f_divergence, f_alpha=loss.f_alpha, simpo_gamma=loss.simpo_gamma,
+        orpo_lambda=loss.orpo_lambda, discopop_tau=loss.discopop_tau,
+        chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths, pair_weights=pair_weights,
+    )
+    return BatchObjective(result=result, stats=stats, num_tokens=count_tokens(tensors))
