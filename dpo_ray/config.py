@@ -36,13 +36,42 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class ColumnsConfig:
+    prompt: str = "prompt"
+    """Column holding the prompt (ignored by the implicit_prompt / ultrafeedback formats)."""
+    chosen: str = "chosen"
+    """Column holding the preferred completion."""
+    rejected: str = "rejected"
+    """Column holding the dispreferred completion."""
+
+
+@dataclass(frozen=True)
 class DataConfig:
     path: str = "pipelines/assets/quickstart_pairs.jsonl"
-    """JSONL or Parquet file, directory of them, or glob, with prompt/chosen/rejected string columns."""
+    """JSONL/JSON/Parquet/CSV file, directory or glob; s3:// or gs:// URI; a directory saved by
+    datasets' save_to_disk; or a hub dataset id."""
+    split: str = "train"
+    """Split of a hub dataset or a saved DatasetDict."""
+    subset: str | None = None
+    """Hub dataset configuration name."""
+    revision: str | None = None
+    """Hub dataset revision."""
+    format: Literal["auto", "standard", "conversational", "implicit_prompt", "ultrafeedback"] = "auto"
+    """Record layout; auto detects it per row (README: Data formats)."""
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
+    """Map other column names onto prompt/chosen/rejected."""
     max_length: int = 128
-    """Most tokens in prompt + completion; longer sequences are cut at the end (keep_start)."""
+    """Most tokens in prompt + completion; completions are cut at the end to fit."""
+    max_prompt_length: int | None = None
+    """Most prompt tokens; longer prompts are cut per truncation_mode."""
+    truncation_mode: Literal["keep_end", "keep_start"] = "keep_end"
+    """Which end of an over-long prompt to keep (TRL's default keeps the end)."""
     eval_fraction: float = 0.1
     """Share of distinct prompts held out for evaluation (chosen by a hash of the prompt)."""
+    max_drop_fraction: float = 0.05
+    """Stop before training when more than this share of rows is dropped (see data_report.json)."""
+    dedup: bool = True
+    """Drop exact duplicate pairs (same prompt, chosen and rejected), keeping the first."""
     tokenize_actors: int = 1
     """Ray Data actors that tokenize in parallel (each holds one tokenizer)."""
     tokenize_batch_size: int = 256
@@ -51,10 +80,17 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.max_length < 4:
             raise ConfigError(f"data.max_length={self.max_length}: must be at least 4 tokens")
+        if self.max_prompt_length is not None and not 1 <= self.max_prompt_length < self.max_length:
+            raise ConfigError(f"data.max_prompt_length={self.max_prompt_length}: must be in [1, data.max_length)")
         if not 0.0 < self.eval_fraction < 1.0:
             raise ConfigError(f"data.eval_fraction={self.eval_fraction}: must be in (0, 1)")
+        if not 0.0 <= self.max_drop_fraction <= 1.0:
+            raise ConfigError(f"data.max_drop_fraction={self.max_drop_fraction}: must be in [0, 1]")
         if self.tokenize_actors < 1 or self.tokenize_batch_size < 1:
             raise ConfigError("data.tokenize_actors and data.tokenize_batch_size must be >= 1")
+
+    def column_map(self) -> dict[str, str]:
+        return dataclasses.asdict(self.columns)
 
 
 @dataclass(frozen=True)
@@ -262,11 +298,13 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
 
 def resolve_paths(config: Config) -> Config:
     """Make local paths absolute so workers with another cwd find them; hub ids stay as given."""
+    from dpo_ray.data import looks_like_hub_id  # data imports pyarrow; config stays light to import
+
     model_path = config.model.name_or_path
     if Path(model_path).exists():
         model_path = str(Path(model_path).resolve())
     data_path = config.data.path
-    if "://" not in data_path:
+    if "://" not in data_path and (os.path.exists(data_path) or not looks_like_hub_id(data_path)):
         data_path = os.path.abspath(data_path)
     output_dir = config.output_dir if "://" in config.output_dir else os.path.abspath(config.output_dir)
     return dataclasses.replace(

@@ -1,6 +1,11 @@
-"""Preference rows: find files, parse and validate them, tokenize pairs, split train/eval.
+"""Preference rows: find files, parse records, normalise formats, tokenize pairs, split train/eval.
 
 Pure ring: no Ray import. Ray Data calls these functions from its tasks (see pipeline.py).
+
+Row-level problems become counted drops (``drop_reason``, formats.DROP_REASONS) with the row's
+``source`` (``file:line`` for JSON Lines, ``file:row N`` otherwise). File-level problems (unreadable,
+empty, a columnar file without a needed column) travel as ``error`` and stop the run: Ray Data tasks
+lose exception types on the way to the driver, so both travel as data.
 """
 
 from __future__ import annotations
@@ -13,22 +18,55 @@ import os
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
-SUFFIXES = (".jsonl", ".json", ".parquet")
+from dpo_ray.formats import RowDrop, normalize_record
+
+SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+ROW_FIELDS = ("prompt", "chosen", "rejected", "kind", "source", "drop_reason", "drop_detail", "error")
 
 
 class DataError(ValueError):
     """Input data cannot be used; the message names the file, row or column and what to do."""
 
 
+def is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def is_saved_dataset(path: str) -> bool:
+    """A directory written by datasets' save_to_disk (a Dataset or a DatasetDict)."""
+    return os.path.isdir(path) and any(
+        os.path.exists(os.path.join(path, name)) for name in ("state.json", "dataset_dict.json")
+    )
+
+
+def looks_like_hub_id(path: str) -> bool:
+    """'name' or 'org/name': no scheme, glob or data-file suffix, not starting with . or /."""
+    return (path.count("/") <= 1 and not path.startswith((".", "/", "~")) and "://" not in path
+            and not any(c in path for c in "*?[") and not path.endswith(SUFFIXES))
+
+
+def source_kind(path: str) -> str:
+    """'saved_dataset', 'hub' (a dataset id that is not a local path) or 'files'."""
+    if is_saved_dataset(path):
+        return "saved_dataset"
+    if not os.path.exists(path) and looks_like_hub_id(path):
+        return "hub"
+    return "files"
+
+
 def expand_paths(path: str) -> list[str]:
-    """A file, a directory of data files, or a glob -> sorted list of files. Errors name the path."""
+    """A file, a directory of data files, or a glob -> sorted list of files. Errors name the path.
+
+    Remote URIs (s3://, gs://, file://) are passed to Ray Data's readers as they are.
+    """
+    if is_remote(path):
+        return [path]
     if os.path.isdir(path):
-        files = sorted(
-            os.path.join(path, name) for name in os.listdir(path) if name.endswith(SUFFIXES)
-        )
+        files = sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(SUFFIXES))
         if not files:
             raise DataError(f"data.path {path}: directory has no {'/'.join(SUFFIXES)} files")
         return files
@@ -39,88 +77,78 @@ def expand_paths(path: str) -> list[str]:
     elif os.path.isfile(path):
         files = [path]
     else:
-        raise DataError(f"data.path {path}: no such file or directory")
+        raise DataError(f"data.path {path}: no such file or directory (a hub dataset id needs no leading ./ or /)")
     wrong = [f for f in files if not f.endswith(SUFFIXES)]
     if wrong:
         raise DataError(f"{wrong[0]}: unsupported file type; use {', '.join(SUFFIXES)}")
     return files
 
 
-def parse_file(path: str, content: bytes) -> list[dict[str, Any]]:
-    """One file's bytes -> rows {prompt, chosen, rejected, source, error}.
-
-    ``source`` is ``file:line`` (JSONL, 1-based) or ``file:row N`` (Parquet, 0-based). A row that
-    cannot be used keeps empty texts and says why in ``error`` (a file that cannot be read becomes
-    one such row): Ray Data tasks lose exception types on the way to the driver, so errors travel
-    as data and the driver raises the first one (see pipeline._count_rows).
-    """
+def parse_file(path: str, content: bytes, *, fmt: str, columns: dict[str, str]) -> list[dict[str, Any]]:
+    """One file's bytes -> normalised rows (see module docstring)."""
     try:
-        numbered = _records(path, content)
+        records = _records(path, content, columns)
     except DataError as err:
-        return [_error_row(path, str(err))]
-    if not numbered:
-        return [_error_row(path, f"{path}: file has no rows; remove it or fill it with prompt/chosen/rejected rows")]
-    rows = []
-    for where, rec in numbered:
-        try:
-            rows.append(validate_row(rec, where))
-        except DataError as err:
-            rows.append(_error_row(where, str(err)))
-    return rows
+        return [_row(path, error=str(err))]
+    if not records:
+        return [_row(path, error=f"{path}: file has no rows; remove it or fill it with preference rows")]
+    return [normalize_one(rec, where, fmt=fmt, columns=columns) for where, rec in records]
 
 
-def _records(path: str, content: bytes) -> list[tuple[str, Any]]:
-    if path.endswith(".parquet"):
+def normalize_one(rec: Any, where: str, *, fmt: str, columns: dict[str, str]) -> dict[str, Any]:
+    if isinstance(rec, RowDrop):  # a line that did not parse
+        return _row(where, drop=rec)
+    try:
+        return {**_row(where), **normalize_record(rec, fmt=fmt, columns=columns)}
+    except RowDrop as drop:
+        return _row(where, drop=drop)
+
+
+def _row(where: str, *, drop: RowDrop | None = None, error: str = "") -> dict[str, Any]:
+    return {
+        "prompt": "", "chosen": "", "rejected": "", "kind": "text", "source": where,
+        "drop_reason": drop.reason if drop else "", "drop_detail": f"{where}: {drop}" if drop else "", "error": error,
+    }
+
+
+def _records(path: str, content: bytes, columns: dict[str, str]) -> list[tuple[str, Any]]:
+    name = path.lower()
+    if name.endswith((".parquet", ".csv")):
         try:
-            table = pq.read_table(io.BytesIO(content))
-        except Exception as err:  # pyarrow raises several types for a corrupt file
-            raise DataError(f"{path}: not a readable Parquet file ({err})") from err
-        missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+            table = pq.read_table(io.BytesIO(content)) if name.endswith(".parquet") else pacsv.read_csv(io.BytesIO(content))
+        except (pa.ArrowInvalid, pa.ArrowException, OSError) as err:
+            raise DataError(f"{path}: not a readable {'Parquet' if name.endswith('.parquet') else 'CSV'} file ({err})") from err
+        needed = [columns["chosen"], columns["rejected"]]
+        missing = [c for c in needed if c not in table.column_names]
         if missing:
             raise DataError(
                 f"{path}: no '{missing[0]}' column (columns: {', '.join(table.column_names)}); "
-                "every row needs prompt, chosen and rejected strings"
+                "map yours with data.columns.chosen=... / data.columns.rejected=..."
             )
-        return [(f"{path}:row {i}", rec) for i, rec in enumerate(table.select(list(REQUIRED_COLUMNS)).to_pylist())]
-    numbered = []
+        return [(f"{path}:row {i}", rec) for i, rec in enumerate(table.to_pylist())]
     try:
         text = content.decode("utf-8")
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
+    if name.endswith(".json") and text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from err
+        return [(f"{path}:row {i}", rec) for i, rec in enumerate(items)]
+    records: list[tuple[str, Any]] = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
+            records.append((f"{path}:{lineno}", json.loads(line)))
         except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{lineno}: not valid JSON ({err.msg}); one object per line") from err
-        numbered.append((f"{path}:{lineno}", rec))
-    return numbered
-
-
-def _error_row(where: str, message: str) -> dict[str, Any]:
-    return {"prompt": "", "chosen": "", "rejected": "", "source": where, "error": message}
-
-
-def validate_row(rec: Any, where: str) -> dict[str, Any]:
-    """Check one record; return it with its ``source``. Raises DataError naming row and key."""
-    if not isinstance(rec, dict):
-        raise DataError(f"{where}: expected an object with prompt/chosen/rejected, got {type(rec).__name__}")
-    for col in REQUIRED_COLUMNS:
-        if col not in rec:
-            raise DataError(f"{where}: missing '{col}'; every row needs prompt, chosen and rejected strings")
-        value = rec[col]
-        if not isinstance(value, str):
-            kind = "null" if value is None else type(value).__name__
-            raise DataError(f"{where}: '{col}' is {kind}, expected a string")
-    for col in ("chosen", "rejected"):
-        if not rec[col].strip():
-            raise DataError(f"{where}: '{col}' is empty; a preference pair needs two non-empty completions")
-    return {"prompt": rec["prompt"], "chosen": rec["chosen"], "rejected": rec["rejected"], "source": where, "error": ""}
+            records.append((f"{path}:{lineno}", RowDrop("invalid_json", f"not valid JSON ({err.msg})")))
+    return records
 
 
 def row_id(prompt: str, chosen: str, rejected: str) -> str:
-    """Stable content id of a pair (joins cached reference log-probs back to rows)."""
+    """Stable content id of a pair (dedup, and joins cached reference log-probs back to rows)."""
     payload = json.dumps([prompt, chosen, rejected], ensure_ascii=False).encode("utf-8")
     return hashlib.sha256(payload).hexdigest()[:24]
 
@@ -145,12 +173,17 @@ def tokenize_pair(
     bos_id: int | None,
     eos_id: int,
     max_length: int,
+    max_prompt_length: int | None = None,
+    truncation_mode: str = "keep_end",
 ) -> tuple[list[int], list[int], list[int]] | None:
-    """TRL's layout: [BOS] + prompt, completion + [EOS], cut at max_length keeping the start.
+    """TRL's layout: [BOS] + prompt, completion + [EOS].
 
-    Returns None when the prompt leaves no room for a completion token (the row is dropped and
-    counted as ``prompt_too_long``).
+    A prompt longer than max_prompt_length keeps its start or its end (truncation_mode); then
+    completions are cut so prompt + completion fits max_length. Returns None when the prompt leaves
+    no room for a completion token (the row is dropped as ``prompt_too_long``).
     """
+    if max_prompt_length is not None and len(prompt_ids) > max_prompt_length:
+        prompt_ids = prompt_ids[:max_prompt_length] if truncation_mode == "keep_start" else prompt_ids[-max_prompt_length:]
     if bos_id is not None and prompt_ids[:1] != [bos_id]:
         prompt_ids = [bos_id] + prompt_ids
     room = max_length - len(prompt_ids)
@@ -159,28 +192,75 @@ def tokenize_pair(
     return prompt_ids, (chosen_ids + [eos_id])[:room], (rejected_ids + [eos_id])[:room]
 
 
-def tokenize_batch(tokenizer: Any, batch: dict[str, np.ndarray], *, max_length: int, eval_fraction: float) -> dict[str, np.ndarray]:
-    """Ray Data batch of text rows -> token ids, row ids, split flag and drop reason per row."""
-    prompts = [str(p) for p in batch["prompt"]]
-    chosen = [str(c) for c in batch["chosen"]]
-    rejected = [str(r) for r in batch["rejected"]]
-    enc = lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]  # noqa: E731
-    p_ids, c_ids, r_ids = enc(prompts), enc(chosen), enc(rejected)
-    bos_id = tokenizer.bos_token_id if tokenizer_adds_bos(tokenizer) else None
-    out: dict[str, list[Any]] = {k: [] for k in ("row_id", "source", "error", "prompt_ids", "chosen_ids", "rejected_ids", "is_eval", "drop_reason")}
-    for i, prompt in enumerate(prompts):
-        error = str(batch["error"][i])
-        out["error"].append(error)
-        tokens = None if error else tokenize_pair(p_ids[i], c_ids[i], r_ids[i], bos_id=bos_id, eos_id=tokenizer.eos_token_id, max_length=max_length)
-        out["row_id"].append(row_id(prompt, chosen[i], rejected[i]))
-        out["source"].append(str(batch["source"][i]))
-        out["is_eval"].append(is_eval_prompt(prompt, eval_fraction))
-        out["drop_reason"].append("error" if error else "" if tokens is not None else "prompt_too_long")
-        p, c, r = tokens if tokens is not None else ([], [], [])
-        out["prompt_ids"].append(np.asarray(p, dtype=np.int32))
-        out["chosen_ids"].append(np.asarray(c, dtype=np.int32))
-        out["rejected_ids"].append(np.asarray(r, dtype=np.int32))
-    return {k: _column(v) for k, v in out.items()}
+class TokenizeRows:
+    """Callable class for Ray Data's map_batches: loads the tokenizer once per actor."""
+
+    def __init__(self, name_or_path: str, revision: str | None, max_length: int, max_prompt_length: int | None,
+                 truncation_mode: str, eval_fraction: float) -> None:
+        from dpo_ray.modeling import load_tokenizer  # transformers import only where tokenizing happens
+
+        self.tokenizer = load_tokenizer(name_or_path, revision)
+        self.bos_id = self.tokenizer.bos_token_id if tokenizer_adds_bos(self.tokenizer) else None
+        self.lengths = {"max_length": max_length, "max_prompt_length": max_prompt_length, "truncation_mode": truncation_mode}
+        self.eval_fraction = eval_fraction
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out: dict[str, list[Any]] = {k: [] for k in (
+            "row_id", "source", "error", "drop_reason", "drop_detail", "warning", "is_eval",
+            "prompt_ids", "chosen_ids", "rejected_ids",
+        )}
+        for i in range(len(batch["source"])):
+            row = {k: str(batch[k][i]) for k in ROW_FIELDS}
+            ids, warning = self._ids(row) if not (row["error"] or row["drop_reason"]) else (None, "")
+            drop = row["drop_reason"] or ("" if row["error"] or ids is not None else "prompt_too_long")
+            if isinstance(ids, str):  # a chat-template drop reason
+                drop, ids = ids, None
+            out["row_id"].append(row_id(row["prompt"], row["chosen"], row["rejected"]))
+            out["source"].append(row["source"])
+            out["error"].append(row["error"])
+            out["drop_reason"].append(drop)
+            out["drop_detail"].append(row["drop_detail"] or (f"{row['source']}: {drop}" if drop else ""))
+            out["warning"].append(warning)
+            out["is_eval"].append(is_eval_prompt(row["prompt"], self.eval_fraction))
+            p, c, r = ids if ids is not None else ([], [], [])
+            out["prompt_ids"].append(np.asarray(p, dtype=np.int32))
+            out["chosen_ids"].append(np.asarray(c, dtype=np.int32))
+            out["rejected_ids"].append(np.asarray(r, dtype=np.int32))
+        return {k: _column(v) for k, v in out.items()}
+
+    def _ids(self, row: dict[str, str]) -> tuple[Any, str]:
+        """Token ids of one valid row; a str in place of ids is a drop reason."""
+        enc = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+        warning = ""
+        if row["kind"] == "messages":
+            prompt_ids, chosen_ids, rejected_ids, warning = self._chat_ids(row)
+            if prompt_ids is None:
+                return "chat_template_mismatch", ""
+        else:
+            prompt_ids, chosen_ids, rejected_ids = enc(row["prompt"]), enc(row["chosen"]), enc(row["rejected"])
+        ids = tokenize_pair(prompt_ids, chosen_ids, rejected_ids, bos_id=self.bos_id,
+                            eos_id=self.tokenizer.eos_token_id, **self.lengths)
+        return ids, warning
+
+    def _chat_ids(self, row: dict[str, str]) -> tuple[Any, Any, Any, str]:
+        """Render prompt and prompt + completion with the chat template; completion ids follow the
+        prompt's ids when they are a token prefix (TRL's check), else the text suffix is tokenized
+        and the row is counted under ``prompt_not_token_prefix``."""
+        prompt = json.loads(row["prompt"])
+        prompt_text = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        prompt_ids = self.tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+        completions, warning = [], ""
+        for key in ("chosen", "rejected"):
+            full = self.tokenizer.apply_chat_template(prompt + json.loads(row[key]), tokenize=False)
+            if not full.startswith(prompt_text):
+                return None, None, None, ""
+            full_ids = self.tokenizer(full, add_special_tokens=False)["input_ids"]
+            if full_ids[: len(prompt_ids)] == prompt_ids:
+                completions.append(full_ids[len(prompt_ids):])
+            else:
+                completions.append(self.tokenizer(full[len(prompt_text):], add_special_tokens=False)["input_ids"])
+                warning = "prompt_not_token_prefix"
+        return prompt_ids, completions[0], completions[1], warning
 
 
 def _column(values: list[Any]) -> np.ndarray:
@@ -191,15 +271,25 @@ def _column(values: list[Any]) -> np.ndarray:
     return np.asarray(values)
 
 
-class TokenizeRows:
-    """Callable class for Ray Data's map_batches: loads the tokenizer once per actor."""
+def load_hf_table(path: str, *, split: str, subset: str | None, revision: str | None) -> pa.Table:
+    """A directory saved by datasets, or a hub dataset id -> one Arrow table (memory-mapped where
+    datasets keeps it so). Hub ids download through datasets' own cache."""
+    import datasets  # only for these two source kinds
 
-    def __init__(self, name_or_path: str, revision: str | None, max_length: int, eval_fraction: float) -> None:
-        from dpo_ray.modeling import load_tokenizer  # transformers import only where tokenizing happens
+    if is_saved_dataset(path):
+        loaded = datasets.load_from_disk(path)
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise DataError(f"data.path {path}: no split '{split}' (splits: {', '.join(loaded)}); set data.split")
+            loaded = loaded[split]
+    else:
+        loaded = datasets.load_dataset(path, name=subset, split=split, revision=revision)
+    return loaded.with_format("arrow")[:]
 
-        self.tokenizer = load_tokenizer(name_or_path, revision)
-        self.max_length = max_length
-        self.eval_fraction = eval_fraction
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return tokenize_batch(self.tokenizer, batch, max_length=self.max_length, eval_fraction=self.eval_fraction)
+def normalize_table(table: pa.Table, name: str, *, fmt: str, columns: dict[str, str]) -> dict[str, list[Any]]:
+    """A batch of an in-memory table with a ``__row`` column -> normalised rows, sources ``name:row N``."""
+    rows_idx = table.column("__row").to_pylist()
+    records = table.drop_columns(["__row"]).to_pylist()
+    rows = [normalize_one(rec, f"{name}:row {i}", fmt=fmt, columns=columns) for i, rec in zip(rows_idx, records)]
+    return {k: [r[k] for r in rows] for k in ROW_FIELDS}

@@ -13,13 +13,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import ray
 import ray.data
 from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from dpo_ray.config import Config, ConfigError, resolve_paths
-from dpo_ray.data import DataError, TokenizeRows, expand_paths, parse_file
+from dpo_ray.data import (
+    DataError, TokenizeRows, expand_paths, is_saved_dataset, load_hf_table, normalize_table, parse_file, source_kind,
+)
+from dpo_ray.data_report import build_data_report
 from dpo_ray.objective import REF_COLUMNS
 from dpo_ray.reference import ReferenceScorer
 from dpo_ray.train_loop import train_loop_per_worker
@@ -32,18 +36,17 @@ def run(config: Config) -> dict[str, Any]:
     cfg = resolve_paths(config)
     out = Path(cfg.output_dir)
     _check_output_dir(out, cfg.overwrite_output_dir)
-    files = expand_paths(cfg.data.path)
     if not ray.is_initialized():
         ray.init()  # joins RAY_ADDRESS / a running cluster, else starts a local Ray
     # Progress bars help in a terminal and flood a log file or `ray job logs`.
     ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
     started = time.perf_counter()
 
-    tokenized = tokenize(cfg, files).materialize()
-    counts = _count_rows(tokenized, cfg)
+    tokenized = tokenize(cfg, read_rows(cfg)).materialize()
+    counts, duplicates = _validate_rows(tokenized, cfg, out)
 
     ref_start = time.perf_counter()
-    kept = tokenized.filter(lambda row: row["drop_reason"] == "")
+    kept = tokenized.filter(lambda row: row["drop_reason"] == "" and row["source"] not in duplicates)
     columns = TOKEN_COLUMNS + ([] if cfg.loss.reference_free() else list(REF_COLUMNS))
     scored = kept if cfg.loss.reference_free() else score_reference(cfg, kept).materialize()
     ref_seconds = time.perf_counter() - ref_start
@@ -60,18 +63,33 @@ def run(config: Config) -> dict[str, Any]:
     return _write_outputs(cfg, out, result, run_stats)
 
 
-def tokenize(cfg: Config, files: list[str]) -> ray.data.Dataset:
-    """Files -> validated text rows (tasks) -> token ids, row ids, split flags (tokenizer actors)."""
-    raw = ray.data.read_binary_files(files, include_paths=True)
-    rows = raw.flat_map(lambda rec: parse_file(rec["path"], rec["bytes"]))
+def read_rows(cfg: Config) -> ray.data.Dataset:
+    """Any source -> normalised rows (prompt/chosen/rejected/kind/source/drop_reason/error), in Ray tasks."""
+    d = cfg.data
+    kwargs = {"fmt": d.format, "columns": d.column_map()}
+    if source_kind(d.path) != "files":
+        table = load_hf_table(d.path, split=d.split, subset=d.subset, revision=d.revision)
+        table = table.append_column("__row", pa.array(range(table.num_rows), type=pa.int64()))
+        name = d.path if is_saved_dataset(d.path) else f"{d.path}[{d.split}]"
+        return ray.data.from_arrow(table).map_batches(
+            lambda batch: normalize_table(batch, name, **kwargs), batch_format="pyarrow"
+        )
+    raw = ray.data.read_binary_files(expand_paths(d.path), include_paths=True)
+    return raw.flat_map(lambda rec: parse_file(rec["path"], rec["bytes"], **kwargs))
+
+
+def tokenize(cfg: Config, rows: ray.data.Dataset) -> ray.data.Dataset:
+    """Normalised rows -> token ids, row ids, split flags, drop reasons (tokenizer actors)."""
+    d = cfg.data
     return rows.map_batches(
         TokenizeRows,
         fn_constructor_kwargs={
-            "name_or_path": cfg.model.name_or_path, "revision": cfg.model.revision,
-            "max_length": cfg.data.max_length, "eval_fraction": cfg.data.eval_fraction,
+            "name_or_path": cfg.model.name_or_path, "revision": cfg.model.revision, "max_length": d.max_length,
+            "max_prompt_length": d.max_prompt_length, "truncation_mode": d.truncation_mode,
+            "eval_fraction": d.eval_fraction,
         },
-        compute=ray.data.ActorPoolStrategy(size=cfg.data.tokenize_actors),
-        batch_size=cfg.data.tokenize_batch_size,
+        compute=ray.data.ActorPoolStrategy(size=d.tokenize_actors),
+        batch_size=d.tokenize_batch_size,
         batch_format="numpy",
     )
 
@@ -119,27 +137,43 @@ def _check_output_dir(out: Path, overwrite: bool) -> None:
         )
 
 
-def _count_rows(tokenized: ray.data.Dataset, cfg: Config) -> dict[str, int]:
-    flags = tokenized.select_columns(["source", "error", "is_eval", "drop_reason"]).to_pandas()
+def _validate_rows(tokenized: ray.data.Dataset, cfg: Config, out: Path) -> tuple[dict[str, int], set[str]]:
+    """Count rows by fate, write data_report.json, stop on errors or too many drops.
+
+    Returns the counts for metrics.json and the sources of exact duplicates to filter out.
+    Only small per-row columns come to the driver.
+    """
+    flags = tokenized.select_columns(["row_id", "source", "error", "drop_reason", "drop_detail", "warning", "is_eval"]).to_pandas()
     errors = flags[flags["error"] != ""]
     if len(errors):
-        more = f" (and {len(errors) - 1} more bad rows)" if len(errors) > 1 else ""
+        more = f" (and {len(errors) - 1} more files with errors)" if len(errors) > 1 else ""
         raise DataError(errors["error"].iloc[0] + more)
-    kept = flags[flags["drop_reason"] == ""]
+    flags = flags.sort_values("source", kind="stable")
+    valid = flags["drop_reason"] == ""
+    duplicated = valid & flags["row_id"].duplicated(keep="first") if cfg.data.dedup else valid & False
+    flags.loc[duplicated, "drop_reason"] = "duplicate"
+    flags.loc[duplicated, "drop_detail"] = flags.loc[duplicated, "source"] + ": duplicate pair"
+    report = build_data_report(flags, cfg.data.max_drop_fraction)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out / "data_report.json", json.dumps(report, indent=2))
+    if report["kept"] == 0 or report["drop_fraction"] > cfg.data.max_drop_fraction:
+        reasons = ", ".join(f"{r} {n} (e.g. {report['details'][r][0]})" for r, n in report["dropped"].items())
+        raise DataError(
+            f"{report['rows_dropped']} of {report['rows_read']} rows dropped ({report['drop_fraction']:.1%} > "
+            f"data.max_drop_fraction={cfg.data.max_drop_fraction}): {reasons}; see {out / 'data_report.json'}"
+        )
     counts = {
-        "data/rows_read": len(flags),
-        "data/dropped_prompt_too_long": int((flags["drop_reason"] == "prompt_too_long").sum()),
-        "data/train_pairs": int((~kept["is_eval"]).sum()),
-        "data/eval_pairs": int(kept["is_eval"].sum()),
+        "data/rows_read": report["rows_read"], "data/rows_dropped": report["rows_dropped"],
+        "data/train_pairs": report["train_pairs"], "data/eval_pairs": report["eval_pairs"],
+        **{f"data/dropped/{r}": n for r, n in report["dropped"].items()},
+        **{f"data/warnings/{w}": n for w, n in report["warnings"].items()},
     }
-    if len(kept) == 0:
-        raise DataError(f"data.path {cfg.data.path}: no usable pairs ({len(flags)} rows read, all dropped as prompt_too_long; raise data.max_length)")
     need = cfg.train.micro_batch_size * cfg.train.num_workers
     if counts["data/train_pairs"] < need:
         raise DataError(f"data.path {cfg.data.path}: {counts['data/train_pairs']} train pairs, fewer than one micro-batch per worker ({need}); add data or lower train.micro_batch_size")
     if counts["data/eval_pairs"] < cfg.train.num_workers:
         raise DataError(f"data.path {cfg.data.path}: {counts['data/eval_pairs']} eval pairs for {cfg.train.num_workers} workers; raise data.eval_fraction or add data")
-    return counts
+    return counts, set(flags.loc[duplicated, "source"])
 
 
 def _write_outputs(cfg: Config, out: Path, result: Any, run_stats: dict[str, float]) -> dict[str, Any]:

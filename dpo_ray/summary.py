@@ -7,11 +7,17 @@ from typing import Any
 SHOWN = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected")
 
 
+def _reasons(s: dict[str, Any]) -> str:
+    parts = [f"{k.removeprefix('data/dropped/')} {v}" for k, v in sorted(s.items()) if k.startswith("data/dropped/")]
+    parts += [f"warning {k.removeprefix('data/warnings/')} {v}" for k, v in sorted(s.items()) if k.startswith("data/warnings/")]
+    return f" ({', '.join(parts)}; see data_report.json)" if parts else ""
+
+
 def format_summary(s: dict[str, Any]) -> str:
     lines = [
         "== dpo_ray summary ==",
         f"data       {s['data/rows_read']} rows read, {s['data/train_pairs']} train / "
-        f"{s['data/eval_pairs']} eval pairs, {s['data/dropped_prompt_too_long']} dropped (prompt too long)",
+        f"{s['data/eval_pairs']} eval pairs, {s['data/rows_dropped']} dropped{_reasons(s)}",
         "reference  skipped: reference-free loss, no reference model loaded" if s["ref/skipped"]
         else f"reference  scored in {s['ref/seconds']:.1f} s",
         f"{'metric':<22}{'eval start':>12}{'eval end':>12}{'train end':>12}",

@@ -36,6 +36,11 @@ TEMPLATES = (
     "My {item} turned out {adj}, really {adj2}.",
 )
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
+# A minimal chat template so conversational data works with the tiny model (tests, quickstart).
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
 
 
 def _review(rng: random.Random, item: str, words: tuple[str, ...]) -> str:
@@ -71,9 +76,11 @@ def train_tokenizer(texts: list[str], vocab_size: int = 384) -> PreTrainedTokeni
     tok.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tok.token_to_id(bos))]
     )
-    return PreTrainedTokenizerFast(
+    tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
     )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
 
 
 def build_tiny_model(

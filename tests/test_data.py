@@ -1,3 +1,5 @@
+"""Data stage, pure ring: sources, formats, validation drops, tokenization, truncation, split."""
+
 from __future__ import annotations
 
 import json
@@ -5,71 +7,97 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from dpo_ray.data import (
-    DataError, expand_paths, is_eval_prompt, parse_file, row_id, tokenize_batch, tokenize_pair,
-    tokenizer_adds_bos,
+    ROW_FIELDS, DataError, TokenizeRows, expand_paths, is_eval_prompt, is_saved_dataset, load_hf_table,
+    normalize_table, parse_file, row_id, tokenize_pair, tokenizer_adds_bos,
 )
+from dpo_ray.toy import make_preference_rows
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+COLUMNS = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}
+ORIGINAL = make_preference_rows(40, seed=11)  # what make_fixtures.py wrote
+
+
+def parse(name: str, fmt: str = "auto", columns: dict[str, str] = COLUMNS) -> list[dict]:
+    path = FIXTURES / name
+    return parse_file(str(path), path.read_bytes(), fmt=fmt, columns=columns)
 
 
 def _jsonl(rows: list[object]) -> bytes:
     return "".join(json.dumps(r) + "\n" for r in rows).encode()
 
 
-def test_parse_jsonl_keeps_line_numbers() -> None:
-    rows = parse_file("a.jsonl", _jsonl([{"prompt": "p", "chosen": "c", "rejected": "r", "extra": 1}]) + b"\n" + _jsonl([{"prompt": "q", "chosen": "c2", "rejected": "r2"}]))
+def parse_bytes(content: bytes, name: str = "a.jsonl", fmt: str = "auto") -> list[dict]:
+    return parse_file(name, content, fmt=fmt, columns=COLUMNS)
+
+
+# ---------------------------------------------------------------- sources and formats
+
+@pytest.mark.parametrize("name", ["standard.jsonl", "standard.json", "standard.parquet", "standard.csv"])
+def test_every_file_kind_yields_the_same_pairs(name: str) -> None:
+    rows = parse(name)
+    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in rows] == [(r["prompt"], r["chosen"], r["rejected"]) for r in ORIGINAL]
+    assert all(r["kind"] == "text" and r["drop_reason"] == "" and r["error"] == "" for r in rows)
+    assert set(rows[0]) == set(ROW_FIELDS)
+
+
+def test_jsonl_sources_are_file_and_line() -> None:
+    rows = parse_bytes(_jsonl([{"prompt": "p", "chosen": "c", "rejected": "r"}]) + b"\n" + _jsonl([{"prompt": "q", "chosen": "c2", "rejected": "r2"}]))
     assert [r["source"] for r in rows] == ["a.jsonl:1", "a.jsonl:3"]  # blank line 2 skipped
-    assert rows[1] == {"prompt": "q", "chosen": "c2", "rejected": "r2", "source": "a.jsonl:3", "error": ""}
 
 
-def test_parse_parquet(tmp_path: Path) -> None:
-    path = tmp_path / "x.parquet"
-    pq.write_table(pa.table({"prompt": ["p1", "p2"], "chosen": ["c1", "c2"], "rejected": ["r1", "r2"]}), path)
-    rows = parse_file(str(path), path.read_bytes())
-    assert [r["chosen"] for r in rows] == ["c1", "c2"]
-    assert rows[1]["source"] == f"{path}:row 1" and rows[1]["error"] == ""
+def test_column_mapping() -> None:
+    rows = parse("mapped_columns.jsonl", columns={"prompt": "question", "chosen": "good", "rejected": "bad"})
+    assert [(r["prompt"], r["chosen"]) for r in rows] == [(r["prompt"], r["chosen"]) for r in ORIGINAL]
 
 
-@pytest.mark.parametrize(
-    "row, message",
-    [
-        ({"prompt": "p", "chosen": "c"}, "a.jsonl:1: missing 'rejected'"),
-        ({"prompt": "p", "chosen": 3, "rejected": "r"}, "a.jsonl:1: 'chosen' is int, expected a string"),
-        ({"prompt": None, "chosen": "c", "rejected": "r"}, "a.jsonl:1: 'prompt' is null"),
-        ({"prompt": "p", "chosen": "  ", "rejected": "r"}, "a.jsonl:1: 'chosen' is empty"),
-        (["p", "c", "r"], "a.jsonl:1: expected an object"),
-    ],
-)
-def test_bad_rows_become_error_rows_naming_row_and_key(row: object, message: str) -> None:
-    (bad,) = parse_file("a.jsonl", _jsonl([row]))
-    assert bad["error"].startswith(message)
-    assert bad["source"] == "a.jsonl:1"
+def test_conversational_rows_keep_messages() -> None:
+    rows = parse("conversational.jsonl")
+    assert rows[0]["kind"] == "messages"
+    assert json.loads(rows[0]["prompt"]) == [{"role": "user", "content": ORIGINAL[0]["prompt"]}]
+    assert json.loads(rows[0]["chosen"]) == [{"role": "assistant", "content": ORIGINAL[0]["chosen"].strip()}]
+    assert parse("conversational.jsonl", fmt="conversational") == rows  # forcing the detected format
 
 
-def test_invalid_json_names_file_and_line() -> None:
-    (bad,) = parse_file("a.jsonl", _jsonl([{"prompt": "p", "chosen": "c", "rejected": "r"}]) + b"{nope\n")
-    assert bad["error"].startswith("a.jsonl:2: not valid JSON")
+def test_implicit_prompt_hh_style() -> None:
+    # The prompt is the longest common prefix; the space before the first differing word stays with
+    # the completions, as TRL's extract_prompt does.
+    (row,) = parse_bytes(_jsonl([{"chosen": "\n\nHuman: hi\n\nAssistant: Hello there", "rejected": "\n\nHuman: hi\n\nAssistant: Go away"}]))
+    assert (row["prompt"], row["chosen"], row["rejected"]) == ("\n\nHuman: hi\n\nAssistant:", " Hello there", " Go away")
+    rows = parse("hh_style.jsonl")
+    for row, hh in zip(rows, (json.loads(line) for line in (FIXTURES / "hh_style.jsonl").read_text().splitlines())):
+        assert row["prompt"].startswith("\n\nHuman: ")
+        assert row["prompt"] + row["chosen"] == hh["chosen"] and row["prompt"] + row["rejected"] == hh["rejected"]
+        assert row["chosen"].lstrip()[:1] != row["rejected"].lstrip()[:1]
 
 
-def test_empty_file_is_an_error() -> None:
-    (bad,) = parse_file("empty.jsonl", b"\n  \n")
-    assert "empty.jsonl: file has no rows" in bad["error"]
+def test_ultrafeedback_prompt_is_the_common_message_prefix() -> None:
+    rows = parse("ultrafeedback.jsonl")
+    assert rows[0]["kind"] == "messages"
+    assert json.loads(rows[0]["prompt"]) == [{"role": "user", "content": ORIGINAL[0]["prompt"]}]
+    assert json.loads(rows[0]["rejected"]) == [{"role": "assistant", "content": ORIGINAL[0]["rejected"].strip()}]
 
 
-def test_parquet_missing_column(tmp_path: Path) -> None:
-    path = tmp_path / "x.parquet"
-    pq.write_table(pa.table({"prompt": ["p"], "chosen": ["c"]}), path)
-    (bad,) = parse_file(str(path), path.read_bytes())
-    assert "no 'rejected' column" in bad["error"]
+def test_saved_dataset_directory() -> None:
+    path = str(FIXTURES / "saved_dataset")
+    assert is_saved_dataset(path)
+    table = load_hf_table(path, split="test", subset=None, revision=None)
+    table = table.append_column("__row", pa.array(range(table.num_rows)))
+    out = normalize_table(table, path, fmt="auto", columns=COLUMNS)
+    assert out["chosen"] == [r["chosen"] for r in ORIGINAL[30:]]
+    assert out["source"][0] == f"{path}:row 0"
+    with pytest.raises(DataError, match="no split 'validation'"):
+        load_hf_table(path, split="validation", subset=None, revision=None)
 
 
 def test_expand_paths(tmp_path: Path) -> None:
-    for name in ("b.jsonl", "a.parquet", "notes.txt"):
+    for name in ("b.jsonl", "a.parquet", "c.csv", "notes.txt"):
         (tmp_path / name).write_text("")
-    assert expand_paths(str(tmp_path)) == [str(tmp_path / "a.parquet"), str(tmp_path / "b.jsonl")]
+    assert expand_paths(str(tmp_path)) == [str(tmp_path / n) for n in ("a.parquet", "b.jsonl", "c.csv")]
     assert expand_paths(str(tmp_path / "*.jsonl")) == [str(tmp_path / "b.jsonl")]
+    assert expand_paths("s3://bucket/prefs/") == ["s3://bucket/prefs/"]
     with pytest.raises(DataError, match="no such file"):
         expand_paths(str(tmp_path / "missing.jsonl"))
     with pytest.raises(DataError, match="matches no files"):
@@ -78,19 +106,63 @@ def test_expand_paths(tmp_path: Path) -> None:
         expand_paths(str(tmp_path / "notes.txt"))
 
 
+# ---------------------------------------------------------------- the bad-input suite
+
+ROW_DROPS = [
+    ("invalid_json", b'{"prompt": "p", "chosen": \n', "a.jsonl:1: not valid JSON"),
+    ("not_an_object", _jsonl([["p", "c", "r"]]), "a.jsonl:1: expected an object, got list"),
+    ("missing_field", _jsonl([{"prompt": "p", "chosen": "c"}]), "a.jsonl:1: missing 'rejected'"),
+    ("null_field", _jsonl([{"prompt": "p", "chosen": None, "rejected": "r"}]), "a.jsonl:1: 'chosen' is null"),
+    ("non_string", _jsonl([{"prompt": "p", "chosen": 7, "rejected": "r"}]), "a.jsonl:1: 'chosen' is int, expected a string"),
+    ("bad_messages", _jsonl([{"prompt": [{"role": "user"}], "chosen": [{"role": "assistant", "content": "c"}], "rejected": [{"role": "assistant", "content": "r"}]}]), "a.jsonl:1: 'prompt' is not a list of {role, content} messages"),
+    ("empty_completion", _jsonl([{"prompt": "p", "chosen": "  ", "rejected": "r"}]), "a.jsonl:1: 'chosen' is empty"),
+    ("identical_completions", _jsonl([{"prompt": "p", "chosen": "same", "rejected": "same"}]), "a.jsonl:1: chosen and rejected are identical"),
+    ("no_common_prompt", _jsonl([{"chosen": "abc", "rejected": "xyz"}]), "a.jsonl:1: chosen and rejected share no prompt prefix"),
+    ("non_string", _jsonl([{"chosen": "abc", "rejected": 3}]), "a.jsonl:1: chosen and rejected must both be strings"),
+]
+
+
+@pytest.mark.parametrize("reason, content, detail", ROW_DROPS, ids=[f"{r[0]}-{i}" for i, r in enumerate(ROW_DROPS)])
+def test_bad_rows_are_counted_drops_naming_row_and_key(reason: str, content: bytes, detail: str) -> None:
+    (bad,) = parse_bytes(content)
+    assert bad["drop_reason"] == reason
+    assert bad["drop_detail"].startswith(detail)
+    assert bad["source"] == "a.jsonl:1" and bad["error"] == ""
+
+
+FILE_ERRORS = [
+    ("empty.jsonl", b"\n  \n", "empty.jsonl: file has no rows"),
+    ("latin1.jsonl", '{"prompt": "caf\u00e9"}'.encode("latin-1"), "latin1.jsonl: not UTF-8 text"),
+    ("broken.parquet", b"PAR1 not really", "broken.parquet: not a readable Parquet file"),
+    ("cols.csv", b"prompt,chosen\np,c\n", "cols.csv: no 'rejected' column"),
+    ("array.json", b"[{\"prompt\": 1,", "array.json: not valid JSON"),
+]
+
+
+@pytest.mark.parametrize("name, content, message", FILE_ERRORS, ids=[f[0] for f in FILE_ERRORS])
+def test_unusable_files_are_errors_naming_the_file(name: str, content: bytes, message: str) -> None:
+    (bad,) = parse_bytes(content, name=name)
+    assert bad["error"].startswith(message)
+    assert "\n" not in bad["error"]
+
+
+# ---------------------------------------------------------------- tokenization
+
 def test_tokenize_pair_follows_trl_layout() -> None:
     # BOS once in front of the prompt, EOS after each completion.
     assert tokenize_pair([5, 6], [7], [8, 9], bos_id=1, eos_id=2, max_length=10) == ([1, 5, 6], [7, 2], [8, 9, 2])
-    # A prompt that already starts with BOS gets no second one; no BOS when the tokenizer has none.
     assert tokenize_pair([1, 5], [7], [8], bos_id=1, eos_id=2, max_length=10)[0] == [1, 5]
     assert tokenize_pair([5], [7], [8], bos_id=None, eos_id=2, max_length=10)[0] == [5]
 
 
-def test_tokenize_pair_truncates_keeping_the_start() -> None:
-    prompt, chosen, rejected = tokenize_pair([5, 6, 7], [10, 11, 12], [20], bos_id=1, eos_id=2, max_length=6)
-    assert prompt == [1, 5, 6, 7]
-    assert chosen == [10, 11] and rejected == [20, 2]
-    assert tokenize_pair([5, 6, 7], [10], [20], bos_id=1, eos_id=2, max_length=4) is None  # no room left
+def test_truncation_modes() -> None:
+    # Completions are cut to fit max_length after the prompt.
+    assert tokenize_pair([5, 6, 7], [10, 11, 12], [20], bos_id=1, eos_id=2, max_length=6) == ([1, 5, 6, 7], [10, 11], [20, 2])
+    assert tokenize_pair([5, 6, 7], [10], [20], bos_id=1, eos_id=2, max_length=4) is None  # prompt leaves no room
+    # max_prompt_length keeps the end (TRL's default) or the start of the prompt, before BOS.
+    kw = dict(bos_id=1, eos_id=2, max_length=8, max_prompt_length=2)
+    assert tokenize_pair([5, 6, 7], [10], [20], **kw, truncation_mode="keep_end")[0] == [1, 6, 7]
+    assert tokenize_pair([5, 6, 7], [10], [20], **kw, truncation_mode="keep_start")[0] == [1, 5, 6]
 
 
 def test_split_is_deterministic_and_about_the_fraction() -> None:
@@ -105,30 +177,52 @@ def test_row_id_is_content_based() -> None:
     assert row_id("p", "c", "r") != row_id("p", "r", "c")
 
 
-def test_tokenize_batch_masks_only_completions(tokenizer) -> None:
+def _as_batch(rows: list[dict]) -> dict[str, np.ndarray]:
+    return {k: np.array([r[k] for r in rows]) for k in ROW_FIELDS}
+
+
+def test_tokenize_rows_masks_only_completions(tiny_model_dir: str, tokenizer) -> None:
     assert tokenizer_adds_bos(tokenizer)
-    batch = {
-        "prompt": np.array(["Ana asks for a positive review of the lamp.", "Same prompt"]),
-        "chosen": np.array([" The lamp is great.", " yes"]),
-        "rejected": np.array([" The lamp is awful.", " no"]),
-        "source": np.array(["f:1", "f:2"]),
-        "error": np.array(["", ""]),
-    }
-    out = tokenize_batch(tokenizer, batch, max_length=64, eval_fraction=0.5)
+    rows = parse("standard.jsonl")[:2]
+    out = TokenizeRows(tiny_model_dir, None, 64, None, "keep_end", 0.5)(_as_batch(rows))
     p, c = list(out["prompt_ids"][0]), list(out["chosen_ids"][0])
     assert p[0] == tokenizer.bos_token_id and p.count(tokenizer.bos_token_id) == 1
     assert c[-1] == tokenizer.eos_token_id
-    assert tokenizer.decode(p[1:]) == "Ana asks for a positive review of the lamp."
-    assert tokenizer.decode(c[:-1]) == " The lamp is great."
+    assert tokenizer.decode(p[1:]) == ORIGINAL[0]["prompt"]
+    assert tokenizer.decode(c[:-1]) == ORIGINAL[0]["chosen"]
     assert list(out["drop_reason"]) == ["", ""]
-    assert list(out["is_eval"]) == [is_eval_prompt(str(x), 0.5) for x in batch["prompt"]]
+    assert list(out["is_eval"]) == [is_eval_prompt(r["prompt"], 0.5) for r in ORIGINAL[:2]]
 
 
-def test_tokenize_batch_marks_too_long_and_error_rows(tokenizer) -> None:
-    batch = {
-        "prompt": np.array(["word " * 50, ""]), "chosen": np.array([" a", ""]), "rejected": np.array([" b", ""]),
-        "source": np.array(["f:1", "f:2"]), "error": np.array(["", "f:2: missing 'prompt'"]),
-    }
-    out = tokenize_batch(tokenizer, batch, max_length=16, eval_fraction=0.1)
-    assert list(out["drop_reason"]) == ["prompt_too_long", "error"]
-    assert list(out["error"]) == ["", "f:2: missing 'prompt'"]
+def test_conversational_rows_render_with_the_chat_template(tiny_model_dir: str, tokenizer) -> None:
+    rows = parse("conversational.jsonl")[:3] + parse("ultrafeedback.jsonl")[:3]
+    out = TokenizeRows(tiny_model_dir, None, 96, None, "keep_end", 0.1)(_as_batch(rows))
+    assert list(out["drop_reason"]) == [""] * 6
+    assert list(out["warning"]) == [""] * 6  # the rendered prompt is a token prefix of prompt + completion
+    prompt_text = tokenizer.decode(list(out["prompt_ids"][0]))
+    assert prompt_text == f"<s><|user|> {ORIGINAL[0]['prompt']}\n<|assistant|>"
+    assert tokenizer.decode(list(out["chosen_ids"][0])) == f" {ORIGINAL[0]['chosen'].strip()}\n</s>"
+    # The same pair from both layouts tokenizes identically.
+    assert list(out["chosen_ids"][0]) == list(out["chosen_ids"][3])
+
+
+def test_tokenize_rows_marks_too_long_and_passes_drops(tiny_model_dir: str) -> None:
+    rows = [{"prompt": "word " * 50, "chosen": " a", "rejected": " b", "kind": "text", "source": "f:1", "drop_reason": "", "drop_detail": "", "error": ""},
+            {"prompt": "", "chosen": "", "rejected": "", "kind": "text", "source": "f:2", "drop_reason": "missing_field", "drop_detail": "f:2: missing 'prompt'", "error": ""}]
+    out = TokenizeRows(tiny_model_dir, None, 16, None, "keep_end", 0.1)(_as_batch(rows))
+    assert list(out["drop_reason"]) == ["prompt_too_long", "missing_field"]
+    assert list(out["drop_detail"]) == ["f:1: prompt_too_long", "f:2: missing 'prompt'"]
+    kept = TokenizeRows(tiny_model_dir, None, 16, 8, "keep_end", 0.1)(_as_batch(rows[:1]))
+    assert list(kept["drop_reason"]) == [""] and len(kept["prompt_ids"][0]) == 9  # BOS + 8
+
+
+def test_source_kind(tmp_path: Path) -> None:
+    from dpo_ray.data import source_kind
+
+    assert source_kind("Anthropic/hh-rlhf") == "hub"
+    assert source_kind("trl-lib/ultrafeedback_binarized") == "hub"
+    assert source_kind(str(FIXTURES / "saved_dataset")) == "saved_dataset"
+    assert source_kind(str(FIXTURES / "standard.jsonl")) == "files"
+    assert source_kind(str(tmp_path / "missing.jsonl")) == "files"  # a missing local file is reported as such
+    assert source_kind("s3://bucket/prefs/*.parquet") == "files"
+    assert source_kind("data/*.jsonl") == "files"

@@ -8,22 +8,21 @@ import numpy as np
 import torch
 
 from dpo_ray.collate import collate_pairs
-from dpo_ray.data import tokenize_batch
+from dpo_ray.data import ROW_FIELDS, TokenizeRows
 from dpo_ray.logprobs import forward_sequence_stats, split_pairs
 from dpo_ray.losses import preference_loss
 from dpo_ray.modeling import load_model
 from dpo_ray.reference import ReferenceScorer
 
 
-def _batch(tokenizer, rows):
-    text = {k: np.array([r[k] for r in rows]) for k in ("prompt", "chosen", "rejected")}
-    text["source"] = np.array([f"f:{i}" for i in range(len(rows))])
-    text["error"] = np.array([""] * len(rows))
-    return tokenize_batch(tokenizer, text, max_length=40, eval_fraction=0.1)
+def tokenized(model_dir: str, rows: list[dict[str, str]], max_length: int = 40):
+    """Text rows -> the tokenizer actor's output, as Ray Data would hand it on."""
+    full = [{**r, "kind": "text", "source": f"f:{i}", "drop_reason": "", "drop_detail": "", "error": ""} for i, r in enumerate(rows)]
+    return TokenizeRows(model_dir, None, max_length, None, "keep_end", 0.1)({k: np.array([r[k] for r in full]) for k in ROW_FIELDS})
 
 
 def test_scorer_equals_trainer_logps_and_loss_is_ln2(tiny_model_dir, tokenizer, pair_rows) -> None:
-    batch = _batch(tokenizer, pair_rows[:12])
+    batch = tokenized(tiny_model_dir, pair_rows[:12], max_length=24)  # some rows truncated
     scored = ReferenceScorer(tiny_model_dir, None, "float32", use_gpu=False)(batch)  # one batch of 12
     policy = load_model(tiny_model_dir, dtype=torch.float32)
     policy.train()  # the trainer's mode; dropout is off, so it must not matter

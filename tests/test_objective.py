@@ -9,19 +9,15 @@ import pytest
 import torch
 
 from dpo_ray.config import LABEL_SMOOTHING_LOSSES, LOSS_TYPES, load_config
-from dpo_ray.data import tokenize_batch
 from dpo_ray.modeling import load_model
 from dpo_ray.objective import REF_COLUMNS, batch_objective
 from dpo_ray.reference import ReferenceScorer
+from test_invariants import tokenized
 
 
 @pytest.fixture(scope="module")
 def scored_batch(tiny_model_dir, tokenizer, pair_rows):
-    rows = pair_rows[:6]
-    text = {k: np.array([r[k] for r in rows]) for k in ("prompt", "chosen", "rejected")}
-    text["source"] = np.array([f"f:{i}" for i in range(len(rows))])
-    text["error"] = np.array([""] * len(rows))
-    batch = tokenize_batch(tokenizer, text, max_length=40, eval_fraction=0.1)
+    batch = tokenized(tiny_model_dir, pair_rows[:6])
     return ReferenceScorer(tiny_model_dir, None, "float32", use_gpu=False)(batch)
 
 

@@ -80,6 +80,37 @@ def test_bad_input_stops_before_training(name: str, tiny_model_dir: str, tmp_pat
     assert not (out / "model").exists() and not (out / "metrics.json").exists()
 
 
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+SOURCES = {
+    "jsonl": ("standard.jsonl", []), "json": ("standard.json", []), "parquet": ("standard.parquet", []),
+    "csv": ("standard.csv", []), "glob": ("standard.json*", []), "file_uri": ("file://" + str(FIXTURES / "standard.parquet"), []),
+    "mapped": ("mapped_columns.jsonl", ["data.columns.prompt=question", "data.columns.chosen=good", "data.columns.rejected=bad"]),
+    "hh": ("hh_style.jsonl", []), "conversational": ("conversational.jsonl", []), "ultrafeedback": ("ultrafeedback.jsonl", []),
+}
+
+
+def test_every_source_kind_through_ray_data(tiny_model_dir: str) -> None:
+    from dpo_ray.pipeline import read_rows, tokenize
+
+    def tokenized(path: str, extra: list[str]):
+        cfg = load_config(None, [f"model.name_or_path={tiny_model_dir}", f"data.path={path}", "data.max_length=96", *extra])
+        return tokenize(cfg, read_rows(cfg)).to_pandas()
+
+    baseline = None
+    for kind, (name, extra) in SOURCES.items():
+        path = name if "://" in name else str(FIXTURES / name)
+        df = tokenized(path, extra)
+        assert (df["drop_reason"] == "").all() and (df["error"] == "").all(), kind
+        ids = sorted(df["row_id"])
+        if kind in ("jsonl", "json", "parquet", "csv", "file_uri", "mapped"):
+            baseline = baseline or ids
+            assert len(ids) == 40 and ids == baseline, kind  # the same pairs whatever the reader
+        elif kind == "glob":
+            assert len(ids) == 80 and sorted(set(ids)) == baseline  # standard.json + standard.jsonl
+    saved = tokenized(str(FIXTURES / "saved_dataset"), ["data.split=test"])
+    assert len(saved) == 10 and (saved["drop_reason"] == "").all()
+
+
 def test_missing_file_fails_before_ray_work(tiny_model_dir: str, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no such file"):
         run(load_config(None, small_overrides(tiny_model_dir, str(tmp_path / "nope.jsonl"), str(tmp_path / "run"))))
