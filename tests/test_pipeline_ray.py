@@ -114,3 +114,38 @@ def test_every_source_kind_through_ray_data(tiny_model_dir: str) -> None:
 def test_missing_file_fails_before_ray_work(tiny_model_dir: str, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no such file"):
         run(load_config(None, small_overrides(tiny_model_dir, str(tmp_path / "nope.jsonl"), str(tmp_path / "run"))))
+
+
+def test_reference_free_run_skips_reference_and_reports_drops(
+    tiny_model_dir: str, pair_rows: list[dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dpo_ray.pipeline
+
+    def no_reference(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the reference stage ran for a reference-free loss")
+
+    monkeypatch.setattr(dpo_ray.pipeline, "score_reference", no_reference)
+    data = tmp_path / "pairs.jsonl"
+    bad = [{"prompt": "p", "chosen": "c"}, pair_rows[0], {"prompt": "p", "chosen": "same", "rejected": "same"}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in [*pair_rows, *bad]))
+    out = tmp_path / "run"
+    summary = run(load_config(None, small_overrides(tiny_model_dir, str(data), str(out), **{"loss.type": "simpo", "loss.beta": 2.0})))
+    assert summary["ref/skipped"] == 1.0
+    assert summary["data/rows_read"] == 403 and summary["data/rows_dropped"] == 3
+    report = json.loads((out / "data_report.json").read_text())
+    assert report["dropped"] == {"duplicate": 1, "identical_completions": 1, "missing_field": 1}
+    assert report["examples"]["missing_field"] == [f"{data}:401"]
+    assert report["examples"]["duplicate"] == [f"{data}:402"]
+    assert math.isfinite(summary["eval/loss"]) and (out / "model").exists()
+
+
+def test_combined_losses_with_wpo_and_ld(tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    overrides = small_overrides(tiny_model_dir, pairs_jsonl, str(out), **{"train.zero_stage": 1})
+    summary = run(load_config(None, [*overrides, "loss.type=[sigmoid,sft]", "loss.weights=[1.0,0.5]", "loss.wpo=true", "loss.ld_alpha=0.5"]))
+    assert summary["ref/skipped"] == 0.0
+    # Step-1 loss before any update: sigmoid is ln 2 (policy == reference); sft adds 0.5 x the chosen
+    # token NLL, weighted by WPO only for the preference term; so the loss is above ln 2.
+    history = [json.loads(line) for line in (out / "metrics_history.jsonl").read_text().splitlines()]
+    assert history[1]["train/loss"] > math.log(2)
+    assert math.isfinite(summary["eval/rewards/accuracies"])
