@@ -105,6 +105,10 @@ class ReferenceConfig:
     """Pairs per scoring batch."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Scoring dtype: auto is bfloat16 when the actor has a GPU, float32 otherwise."""
+    cache_dir: str | None = "~/.cache/dpo_ray/reference"
+    """Where scored pairs are kept by content key (local, NFS, s3:// or gs://); null turns caching off."""
+    length_bucketing: bool = True
+    """Sort pairs by length before batching so each scoring batch pads little."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_actors <= self.max_actors:

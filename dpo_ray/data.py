@@ -153,10 +153,21 @@ def row_id(prompt: str, chosen: str, rejected: str) -> str:
     return hashlib.sha256(payload).hexdigest()[:24]
 
 
-def is_eval_prompt(prompt: str, eval_fraction: float) -> bool:
-    """Deterministic split by a hash of the prompt: one prompt never lands on both sides."""
+def split_key(prompt: str) -> float:
+    """A prompt's place in [0, 1): pairs with split_key < data.eval_fraction are held out, so one
+    prompt never lands on both sides and the split is the same in every run."""
     digest = hashlib.sha256(prompt.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64 < eval_fraction
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def is_eval_prompt(prompt: str, eval_fraction: float) -> bool:
+    return split_key(prompt) < eval_fraction
+
+
+def row_hash(rid: str, prompt_ids: list[int], chosen_ids: list[int], rejected_ids: list[int]) -> str:
+    """Hash of a tokenized pair: the unit of the reference cache's data key."""
+    payload = json.dumps([rid, list(prompt_ids), list(chosen_ids), list(rejected_ids)]).encode()
+    return hashlib.sha256(payload).hexdigest()[:32]
 
 
 def tokenizer_adds_bos(tokenizer: Any) -> bool:
@@ -206,8 +217,8 @@ class TokenizeRows:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out: dict[str, list[Any]] = {k: [] for k in (
-            "row_id", "source", "error", "drop_reason", "drop_detail", "warning", "is_eval",
-            "prompt_ids", "chosen_ids", "rejected_ids",
+            "row_id", "row_hash", "source", "error", "drop_reason", "drop_detail", "warning", "split_key", "is_eval",
+            "seq_len", "prompt_ids", "chosen_ids", "rejected_ids",
         )}
         for i in range(len(batch["source"])):
             row = {k: str(batch[k][i]) for k in ROW_FIELDS}
@@ -215,14 +226,19 @@ class TokenizeRows:
             drop = row["drop_reason"] or ("" if row["error"] or ids is not None else "prompt_too_long")
             if isinstance(ids, str):  # a chat-template drop reason
                 drop, ids = ids, None
-            out["row_id"].append(row_id(row["prompt"], row["chosen"], row["rejected"]))
+            p, c, r = ids if ids is not None else ([], [], [])
+            rid = row_id(row["prompt"], row["chosen"], row["rejected"])
+            out["row_id"].append(rid)
+            out["row_hash"].append(row_hash(rid, p, c, r))
             out["source"].append(row["source"])
             out["error"].append(row["error"])
             out["drop_reason"].append(drop)
             out["drop_detail"].append(row["drop_detail"] or (f"{row['source']}: {drop}" if drop else ""))
             out["warning"].append(warning)
-            out["is_eval"].append(is_eval_prompt(row["prompt"], self.eval_fraction))
-            p, c, r = ids if ids is not None else ([], [], [])
+            key = split_key(row["prompt"])
+            out["split_key"].append(key)
+            out["is_eval"].append(key < self.eval_fraction)
+            out["seq_len"].append(len(p) + max(len(c), len(r)))  # padded width this pair needs
             out["prompt_ids"].append(np.asarray(p, dtype=np.int32))
             out["chosen_ids"].append(np.asarray(c, dtype=np.int32))
             out["rejected_ids"].append(np.asarray(r, dtype=np.int32))

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import ray
 import ray.data
@@ -25,10 +26,13 @@ from dpo_ray.data import (
 )
 from dpo_ray.data_report import build_data_report
 from dpo_ray.objective import REF_COLUMNS
+from dpo_ray.modeling import resolve_dtype
+from dpo_ray.ref_cache import CacheStore, cache_key, data_key, model_identity, versions
 from dpo_ray.reference import ReferenceScorer
 from dpo_ray.train_loop import train_loop_per_worker
 
 TOKEN_COLUMNS = ["row_id", "prompt_ids", "chosen_ids", "rejected_ids"]
+CACHE_COLUMNS = ["row_id", "row_hash", "split_key", "seq_len", "prompt_ids", "chosen_ids", "rejected_ids"]
 
 
 def run(config: Config) -> dict[str, Any]:
@@ -43,23 +47,23 @@ def run(config: Config) -> dict[str, Any]:
     started = time.perf_counter()
 
     tokenized = tokenize(cfg, read_rows(cfg)).materialize()
-    counts, duplicates = _validate_rows(tokenized, cfg, out)
+    counts, duplicates, row_hashes = _validate_rows(tokenized, cfg, out)
 
-    ref_start = time.perf_counter()
     kept = tokenized.filter(lambda row: row["drop_reason"] == "" and row["source"] not in duplicates)
-    columns = TOKEN_COLUMNS + ([] if cfg.loss.reference_free() else list(REF_COLUMNS))
-    scored = kept if cfg.loss.reference_free() else score_reference(cfg, kept).materialize()
-    ref_seconds = time.perf_counter() - ref_start
+    kept = kept.select_columns(CACHE_COLUMNS)
+    if cfg.loss.reference_free():
+        scored, ref_stats = kept, {"ref/skipped": 1.0, "ref/seconds": 0.0}
+    else:
+        scored, ref_stats = reference_stage(cfg, kept, row_hashes)
 
-    train_ds = scored.filter(lambda row: not row["is_eval"]).select_columns(columns)
+    columns = TOKEN_COLUMNS + ([] if cfg.loss.reference_free() else list(REF_COLUMNS))
+    eval_fraction = cfg.data.eval_fraction
+    train_ds = scored.filter(lambda row: row["split_key"] >= eval_fraction).select_columns(columns)
     train_ds = train_ds.random_shuffle(seed=cfg.train.seed).materialize()
-    eval_ds = scored.filter(lambda row: row["is_eval"]).select_columns(columns).materialize()
+    eval_ds = scored.filter(lambda row: row["split_key"] < eval_fraction).select_columns(columns).materialize()
     result = build_trainer(cfg, train_ds, eval_ds).fit()
 
-    run_stats = {
-        **counts, "ref/seconds": ref_seconds, "ref/skipped": float(cfg.loss.reference_free()),
-        "perf/total_seconds": time.perf_counter() - started,
-    }
+    run_stats = {**counts, **ref_stats, "perf/total_seconds": time.perf_counter() - started}
     return _write_outputs(cfg, out, result, run_stats)
 
 
@@ -94,15 +98,69 @@ def tokenize(cfg: Config, rows: ray.data.Dataset) -> ray.data.Dataset:
     )
 
 
-def score_reference(cfg: Config, pairs: ray.data.Dataset) -> ray.data.Dataset:
-    """Add ref_chosen_logps / ref_rejected_logps with an autoscaling actor pool of ReferenceScorer."""
+def reference_key(cfg: Config, row_hashes: list[str]) -> tuple[str, dict[str, Any]]:
+    """The cache key: model and tokenizer identity, tokenized data, dtype, length settings."""
+    ref, d = cfg.reference, cfg.data
+    parts = {
+        "model": model_identity(cfg.model.name_or_path, cfg.model.revision),
+        "data": data_key(row_hashes),
+        "rows": len(row_hashes),
+        "dtype": str(resolve_dtype(ref.dtype, on_gpu=ref.num_gpus_per_actor > 0)).removeprefix("torch."),
+        "lengths": {"max_length": d.max_length, "max_prompt_length": d.max_prompt_length, "truncation_mode": d.truncation_mode},
+    }
+    return cache_key(parts), parts
+
+
+def reference_stage(cfg: Config, pairs: ray.data.Dataset, row_hashes: list[str]) -> tuple[ray.data.Dataset, dict[str, float]]:
+    """Cached reference log-probs for ``pairs``: a committed cache entry is read as is (no model is
+    loaded); otherwise the actor pool scores the pairs and the result is committed for later runs."""
+    start = time.perf_counter()
+    key, parts = reference_key(cfg, row_hashes)
+    store = CacheStore(cfg.reference.cache_dir) if cfg.reference.cache_dir else None
+    manifest = store.read_manifest(key) if store else None
+    if manifest is not None and manifest["rows"] == len(row_hashes):
+        scored = ray.data.read_parquet(manifest["data_uri"]).materialize()
+        if scored.count() == manifest["rows"]:
+            print(f"reference: cache hit ({key})", flush=True)
+            return scored, {"ref/cache_hit": 1.0, "ref/skipped": 0.0, "ref/seconds": time.perf_counter() - start,
+                            "ref/pad_fraction": manifest["pad_fraction"], "ref/key": key}
+    scored = score_reference(cfg, pairs).materialize()
+    pads = scored.sum("ref_pad_tokens")
+    real = scored.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"]).map_batches(_real_tokens, batch_format="numpy").sum("tokens")
+    pad_fraction = pads / (pads + real) if pads + real else 0.0
+    if store is not None:
+        data_uri = store.new_data_uri(key)
+        scored.write_parquet(data_uri)
+        store.commit(key, {"rows": scored.count(), "data_uri": data_uri, "parts": parts, "versions": versions(),
+                           "pad_fraction": pad_fraction, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    print(f"reference: scored {len(row_hashes)} pairs ({key}), pad fraction {pad_fraction:.3f}", flush=True)
+    return scored, {"ref/cache_hit": 0.0, "ref/skipped": 0.0, "ref/seconds": time.perf_counter() - start,
+                    "ref/pad_fraction": pad_fraction, "ref/key": key}
+
+
+def _real_tokens(batch: dict[str, Any]) -> dict[str, Any]:
+    """Non-pad tokens of each pair's two rows: 2 |prompt| + |chosen| + |rejected|."""
+    lengths = [2 * len(p) + len(c) + len(r) for p, c, r in zip(batch["prompt_ids"], batch["chosen_ids"], batch["rejected_ids"])]
+    return {"tokens": np.asarray(lengths, dtype=np.int64)}
+
+
+def score_reference(cfg: Config, pairs: ray.data.Dataset, crash_marker: str | None = None, crash_at_call: int = 0) -> ray.data.Dataset:
+    """Add the reference columns with an autoscaling actor pool of ReferenceScorer.
+
+    With length bucketing, pairs are sorted by padded width first so each batch pads little
+    (the trainer reshuffles). ``crash_*`` is the fault test's hook (see ReferenceScorer).
+    """
     ref = cfg.reference
     blocks = max(4 * ref.max_actors, 8)  # a single block would run on one actor only
-    return pairs.repartition(blocks).map_batches(
+    pairs = pairs.repartition(blocks)
+    if ref.length_bucketing:
+        pairs = pairs.sort("seq_len")
+    return pairs.map_batches(
         ReferenceScorer,
         fn_constructor_kwargs={
             "name_or_path": cfg.model.name_or_path, "revision": cfg.model.revision,
             "dtype": ref.dtype, "use_gpu": ref.num_gpus_per_actor > 0,
+            "crash_marker": crash_marker, "crash_at_call": crash_at_call,
         },
         compute=ray.data.ActorPoolStrategy(min_size=ref.min_actors, max_size=ref.max_actors),
         num_gpus=ref.num_gpus_per_actor,
@@ -137,13 +195,14 @@ def _check_output_dir(out: Path, overwrite: bool) -> None:
         )
 
 
-def _validate_rows(tokenized: ray.data.Dataset, cfg: Config, out: Path) -> tuple[dict[str, int], set[str]]:
+def _validate_rows(tokenized: ray.data.Dataset, cfg: Config, out: Path) -> tuple[dict[str, int], set[str], list[str]]:
     """Count rows by fate, write data_report.json, stop on errors or too many drops.
 
-    Returns the counts for metrics.json and the sources of exact duplicates to filter out.
+    Returns the counts for metrics.json, the sources of exact duplicates to filter out, and the
+    row hashes of the kept pairs (the reference cache's data key).
     Only small per-row columns come to the driver.
     """
-    flags = tokenized.select_columns(["row_id", "source", "error", "drop_reason", "drop_detail", "warning", "is_eval"]).to_pandas()
+    flags = tokenized.select_columns(["row_id", "row_hash", "source", "error", "drop_reason", "drop_detail", "warning", "is_eval"]).to_pandas()
     errors = flags[flags["error"] != ""]
     if len(errors):
         more = f" (and {len(errors) - 1} more files with errors)" if len(errors) > 1 else ""
@@ -173,7 +232,7 @@ def _validate_rows(tokenized: ray.data.Dataset, cfg: Config, out: Path) -> tuple
         raise DataError(f"data.path {cfg.data.path}: {counts['data/train_pairs']} train pairs, fewer than one micro-batch per worker ({need}); add data or lower train.micro_batch_size")
     if counts["data/eval_pairs"] < cfg.train.num_workers:
         raise DataError(f"data.path {cfg.data.path}: {counts['data/eval_pairs']} eval pairs for {cfg.train.num_workers} workers; raise data.eval_fraction or add data")
-    return counts, set(flags.loc[duplicated, "source"])
+    return counts, set(flags.loc[duplicated, "source"]), list(flags.loc[flags["drop_reason"] == "", "row_hash"])
 
 
 def _write_outputs(cfg: Config, out: Path, result: Any, run_stats: dict[str, float]) -> dict[str, Any]:

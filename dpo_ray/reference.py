@@ -5,6 +5,8 @@ Worker ring: no Ray import here either; Ray only calls it through map_batches.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
@@ -16,7 +18,11 @@ from dpo_ray.modeling import load_model, load_tokenizer, resolve_dtype
 class ReferenceScorer:
     """Loads the frozen reference model once per actor; adds ref_chosen_logps / ref_rejected_logps."""
 
-    def __init__(self, name_or_path: str, revision: str | None, dtype: str, use_gpu: bool) -> None:
+    def __init__(self, name_or_path: str, revision: str | None, dtype: str, use_gpu: bool,
+                 crash_marker: str | None = None, crash_at_call: int = 0) -> None:
+        # Test hook for the fault test: the first actor to reach call ``crash_at_call`` creates
+        # ``crash_marker`` and dies; Ray restarts the actor and retries its batch.
+        self.crash_marker, self.crash_at_call, self.calls = crash_marker, crash_at_call, 0
         self.device = torch.device("cuda" if use_gpu else "cpu")
         self.pad_id = load_tokenizer(name_or_path, revision).pad_token_id
         self.model = load_model(
@@ -26,6 +32,10 @@ class ReferenceScorer:
 
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.calls += 1
+        if self.crash_marker and self.calls == self.crash_at_call and not os.path.exists(self.crash_marker):
+            open(self.crash_marker, "w").close()
+            os._exit(1)
         tensors = collate_pairs(batch["prompt_ids"], batch["chosen_ids"], batch["rejected_ids"], pad_id=self.pad_id)
         stats = forward_sequence_stats(self.model, {k: v.to(self.device) for k, v in tensors.items()})
         chosen, rejected = split_pairs(stats.logps.double().cpu())
@@ -35,4 +45,6 @@ class ReferenceScorer:
             "ref_chosen_logps": chosen.numpy(), "ref_rejected_logps": rejected.numpy(),
             # LD-DPO reads the shared-length prefix; keeping it makes the cache independent of alpha.
             "ref_chosen_prefix_logps": chosen_prefix.numpy(), "ref_rejected_prefix_logps": rejected_prefix.numpy(),
+            # Pad tokens this row cost in its (2B, T) batch: the length-bucketing figure of merit.
+            "ref_pad_tokens": (tensors["attention_mask"] == 0).sum(-1).view(2, -1).sum(0).numpy(),
         }

@@ -13,13 +13,20 @@ def _reasons(s: dict[str, Any]) -> str:
     return f" ({', '.join(parts)}; see data_report.json)" if parts else ""
 
 
+def _reference_line(s: dict[str, Any]) -> str:
+    if s["ref/skipped"]:
+        return "reference  skipped: reference-free loss, no reference model loaded"
+    if s["ref/cache_hit"]:
+        return f"reference  cache hit ({s['ref/key']}), read in {s['ref/seconds']:.1f} s; no reference model loaded"
+    return f"reference  scored in {s['ref/seconds']:.1f} s, pad fraction {s['ref/pad_fraction']:.3f}, cached as {s['ref/key']}"
+
+
 def format_summary(s: dict[str, Any]) -> str:
     lines = [
         "== dpo_ray summary ==",
         f"data       {s['data/rows_read']} rows read, {s['data/train_pairs']} train / "
         f"{s['data/eval_pairs']} eval pairs, {s['data/rows_dropped']} dropped{_reasons(s)}",
-        "reference  skipped: reference-free loss, no reference model loaded" if s["ref/skipped"]
-        else f"reference  scored in {s['ref/seconds']:.1f} s",
+        _reference_line(s),
         f"{'metric':<22}{'eval start':>12}{'eval end':>12}{'train end':>12}",
     ]
     for name in SHOWN:

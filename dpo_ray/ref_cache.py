@@ -1,0 +1,106 @@
+"""Reference log-prob cache: content keys and committed manifests. Pure ring: no Ray import.
+
+A cache entry lives at ``<cache_dir>/<key>/``: one or more ``data-<id>/`` Parquet folders and a
+``manifest.json`` naming the folder that is complete. The manifest is written last, in one atomic
+step (rename locally; a single object PUT on s3/gs), so a reader that finds no manifest, or a
+manifest whose row count does not match, treats the entry as a miss: a partial cache is never used.
+
+The key hashes everything the log-probs depend on and nothing they do not (beta, the learning rate,
+the loss, the run): the reference model's identity, the tokenizer, the tokenized pairs themselves,
+the scoring dtype and the length settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+
+KEY_VERSION = 1
+"""Bump when what the scorer computes changes; old entries then miss."""
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "tokenizer.model", "vocab.json", "merges.txt")
+
+
+def _hash_files(directory: Path, names: list[str]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(names):
+        digest.update(name.encode())
+        with open(directory / name, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def model_identity(name_or_path: str, revision: str | None) -> dict[str, str]:
+    """Weights and tokenizer identity: content hashes of a local directory's files, or hub id + revision.
+
+    Never a state dict in memory (it may be sharded, and it costs a model load).
+    """
+    path = Path(name_or_path)
+    if not path.is_dir():
+        ref = f"hub:{name_or_path}@{revision or 'main'}"
+        return {"weights": ref, "tokenizer": ref}
+    files = [p.name for p in path.iterdir() if p.is_file()]
+    weights = [f for f in files if f.endswith(WEIGHT_SUFFIXES) or f == "config.json"]
+    tokenizer = [f for f in files if f in TOKENIZER_FILES]
+    return {"weights": _hash_files(path, weights), "tokenizer": _hash_files(path, tokenizer)}
+
+
+def data_key(row_hashes: list[str]) -> str:
+    """Order-free hash of the tokenized pairs (each row hash covers its row id and token ids)."""
+    digest = hashlib.sha256()
+    for h in sorted(row_hashes):
+        digest.update(h.encode())
+    return digest.hexdigest()
+
+
+def cache_key(parts: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps({"v": KEY_VERSION, **parts}, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def versions() -> dict[str, str]:
+    return {p: version(p) for p in ("torch", "transformers")}
+
+
+class CacheStore:
+    """Manifest reads and writes on a local path or an s3:// / gs:// URI."""
+
+    def __init__(self, cache_dir: str) -> None:
+        self.root = cache_dir if "://" in cache_dir else os.path.abspath(os.path.expanduser(cache_dir))
+        self.fs, self.base = pafs.FileSystem.from_uri(self.root if "://" in self.root else f"file://{self.root}")
+
+    def entry_uri(self, key: str) -> str:
+        return f"{self.root.rstrip('/')}/{key}"
+
+    def new_data_uri(self, key: str) -> str:
+        return f"{self.entry_uri(key)}/data-{uuid.uuid4().hex[:12]}"
+
+    def read_manifest(self, key: str) -> dict[str, Any] | None:
+        path = f"{self.base.rstrip('/')}/{key}/manifest.json"
+        if self.fs.get_file_info(path).type != pafs.FileType.File:
+            return None
+        with self.fs.open_input_stream(path) as f:
+            manifest = json.loads(f.read().decode())
+        return manifest if manifest.get("key") == key else None
+
+    def commit(self, key: str, manifest: dict[str, Any]) -> None:
+        """Write the manifest last and atomically: the entry exists from this moment on."""
+        entry = f"{self.base.rstrip('/')}/{key}"
+        self.fs.create_dir(entry, recursive=True)
+        payload = json.dumps({**manifest, "key": key}, indent=2, sort_keys=True).encode()
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            tmp = f"{entry}/.manifest-{uuid.uuid4().hex[:8]}.tmp"
+            with self.fs.open_output_stream(tmp) as f:
+                f.write(payload)
+            os.replace(tmp, f"{entry}/manifest.json")
+        else:
+            with self.fs.open_output_stream(f"{entry}/manifest.json") as f:  # one PUT: atomic on object stores
+                f.write(payload)

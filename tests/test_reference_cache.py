@@ -1,0 +1,124 @@
+"""The reference stage: content-keyed cache, committed atomically, hit without a model, fault tolerant."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+from safetensors.torch import load_file, save_file
+
+from conftest import small_overrides
+from dpo_ray.config import load_config
+from dpo_ray.pipeline import _validate_rows, read_rows, reference_key, reference_stage, score_reference, tokenize
+from dpo_ray.ref_cache import CacheStore
+
+pytestmark = pytest.mark.ray
+REF = ["ref_chosen_logps", "ref_rejected_logps", "ref_chosen_prefix_logps", "ref_rejected_prefix_logps"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_local():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _prepare(cfg, out: Path):
+    tokenized = tokenize(cfg, read_rows(cfg)).materialize()
+    _, duplicates, hashes = _validate_rows(tokenized, cfg, out)
+    kept = tokenized.filter(lambda r: r["drop_reason"] == "" and r["source"] not in duplicates)
+    return kept.select_columns(["row_id", "row_hash", "split_key", "seq_len", "prompt_ids", "chosen_ids", "rejected_ids"]), hashes
+
+
+def _by_row(ds) -> dict[str, np.ndarray]:
+    df = ds.to_pandas()
+    return {rid: np.array([df.loc[i, c] for c in REF]) for i, rid in enumerate(df["row_id"])}
+
+
+def test_cache_miss_then_hit_without_scoring(tiny_model_dir, pairs_jsonl, tmp_path, monkeypatch) -> None:
+    import dpo_ray.pipeline
+
+    cfg = load_config(None, small_overrides(tiny_model_dir, pairs_jsonl, str(tmp_path / "run")))
+    pairs, hashes = _prepare(cfg, tmp_path / "run")
+    scored, stats = reference_stage(cfg, pairs, hashes)
+    assert stats["ref/cache_hit"] == 0.0 and 0.0 <= stats["ref/pad_fraction"] < 0.5
+    manifest = CacheStore(cfg.reference.cache_dir).read_manifest(stats["ref/key"])
+    assert manifest["rows"] == len(hashes) == scored.count()
+    assert set(manifest["versions"]) == {"torch", "transformers"}
+    first = _by_row(scored)
+    assert len(first) == len(hashes)  # exactly one entry per row
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("a warm cache must not score (or load the reference model)")
+
+    monkeypatch.setattr(dpo_ray.pipeline, "score_reference", no_scoring)
+    again, hit = reference_stage(cfg, pairs, hashes)
+    assert hit["ref/cache_hit"] == 1.0 and hit["ref/key"] == stats["ref/key"]
+    second = _by_row(again)
+    assert second.keys() == first.keys()
+    assert all(np.array_equal(first[k], second[k]) for k in first)
+
+
+def test_partial_cache_is_never_used(tiny_model_dir, pairs_jsonl, tmp_path) -> None:
+    cfg = load_config(None, small_overrides(tiny_model_dir, pairs_jsonl, str(tmp_path / "run")))
+    pairs, hashes = _prepare(cfg, tmp_path / "run")
+    key, _ = reference_key(cfg, hashes)
+    store = CacheStore(cfg.reference.cache_dir)
+    # A data folder with no manifest (a writer that died) and then a manifest whose count is off.
+    pairs.limit(5).write_parquet(store.new_data_uri(key))
+    _, stats = reference_stage(cfg, pairs, hashes)
+    assert stats["ref/cache_hit"] == 0.0
+    store.commit(key, {"rows": len(hashes) + 1, "data_uri": store.new_data_uri(key), "pad_fraction": 0.0})
+    _, stats = reference_stage(cfg, pairs, hashes)
+    assert stats["ref/cache_hit"] == 0.0
+    _, stats = reference_stage(cfg, pairs, hashes)  # the rescored entry was committed over the bad one
+    assert stats["ref/cache_hit"] == 1.0
+
+
+def test_key_changes_with_each_input(tiny_model_dir, pairs_jsonl, tmp_path) -> None:
+    base = small_overrides(tiny_model_dir, pairs_jsonl, str(tmp_path / "run"))
+    cfg = load_config(None, base)
+    _, hashes = _prepare(cfg, tmp_path / "run")
+    key, _ = reference_key(cfg, hashes)
+    assert reference_key(cfg, list(reversed(hashes)))[0] == key  # order-free
+    assert reference_key(load_config(None, [*base, "loss.beta=0.5", "train.learning_rate=1e-4"]), hashes)[0] == key
+
+    weights = tmp_path / "weights"
+    shutil.copytree(tiny_model_dir, weights)
+    tensors = load_file(weights / "model.safetensors")
+    name = next(iter(tensors))
+    tensors[name] = tensors[name] + 1e-3
+    save_file(tensors, weights / "model.safetensors", metadata={"format": "pt"})
+    tokenizer = tmp_path / "tokenizer"
+    shutil.copytree(tiny_model_dir, tokenizer)
+    conf = json.loads((tokenizer / "tokenizer_config.json").read_text())
+    (tokenizer / "tokenizer_config.json").write_text(json.dumps({**conf, "model_max_length": 77}))
+    shorter = load_config(None, [*base, "data.max_length=24"])
+    _, shorter_hashes = _prepare(shorter, tmp_path / "run2")
+
+    misses = {
+        "weights": reference_key(load_config(None, [*base, f"model.name_or_path={weights}"]), hashes)[0],
+        "tokenizer": reference_key(load_config(None, [*base, f"model.name_or_path={tokenizer}"]), hashes)[0],
+        "data": reference_key(cfg, hashes[1:])[0],
+        "max_length": reference_key(shorter, shorter_hashes)[0],
+        "dtype": reference_key(load_config(None, [*base, "reference.dtype=bfloat16"]), hashes)[0],
+    }
+    assert shorter_hashes != hashes  # truncation changed the token ids themselves
+    assert all(k != key for k in misses.values()), misses
+    assert len(set(misses.values())) == len(misses)
+
+
+def test_scoring_survives_a_killed_actor(tiny_model_dir, pairs_jsonl, tmp_path) -> None:
+    cfg = load_config(None, small_overrides(tiny_model_dir, pairs_jsonl, str(tmp_path / "run")))
+    pairs, hashes = _prepare(cfg, tmp_path / "run")
+    clean = _by_row(score_reference(cfg, pairs).materialize())
+    marker = tmp_path / "crashed"
+    faulty = score_reference(cfg, pairs, crash_marker=str(marker), crash_at_call=2).materialize()
+    assert marker.exists()  # an actor really died mid-stage
+    got = _by_row(faulty)
+    assert faulty.count() == len(got) == len(hashes)  # complete, exactly one entry per row
+    assert all(np.allclose(got[k], clean[k], atol=1e-9) for k in clean)
