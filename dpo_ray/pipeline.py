@@ -40,19 +40,11 @@ def run(config: Config) -> dict[str, Any]:
     cfg = resolve_paths(config)
     out = Path(cfg.output_dir)
     _check_output_dir(out, cfg.overwrite_output_dir)
-    if not ray.is_initialized():
-        ray.init()  # joins RAY_ADDRESS / a running cluster, else starts a local Ray
-    # Progress bars help in a terminal and flood a log file or `ray job logs`.
-    ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
+    _start_ray()
     started = time.perf_counter()
-
-    tokenized = tokenize(cfg, read_rows(cfg)).materialize()
-    counts, duplicates, row_hashes = _validate_rows(tokenized, cfg, out)
-
-    kept = tokenized.filter(lambda row: row["drop_reason"] == "" and row["source"] not in duplicates)
-    kept = kept.select_columns(CACHE_COLUMNS)
+    kept, counts, row_hashes = prepare_pairs(cfg, out)
     if cfg.loss.reference_free():
-        scored, ref_stats = kept, {"ref/skipped": 1.0, "ref/seconds": 0.0}
+        scored, ref_stats = kept, {"ref/skipped": 1.0, "ref/cache_hit": 0.0, "ref/seconds": 0.0}
     else:
         scored, ref_stats = reference_stage(cfg, kept, row_hashes)
 
@@ -65,6 +57,30 @@ def run(config: Config) -> dict[str, Any]:
 
     run_stats = {**counts, **ref_stats, "perf/total_seconds": time.perf_counter() - started}
     return _write_outputs(cfg, out, result, run_stats)
+
+
+def precompute_reference(config: Config) -> dict[str, Any]:
+    """The data and reference stages alone: warm the cache (before a sweep, say). Returns stats."""
+    cfg = resolve_paths(config)
+    _start_ray()
+    kept, counts, row_hashes = prepare_pairs(cfg, Path(cfg.output_dir))
+    _, ref_stats = reference_stage(cfg, kept, row_hashes)
+    return {**counts, **ref_stats, "cache_dir": cfg.reference.cache_dir or ""}
+
+
+def _start_ray() -> None:
+    if not ray.is_initialized():
+        ray.init()  # joins RAY_ADDRESS / a running cluster, else starts a local Ray
+    # Progress bars help in a terminal and flood a log file or `ray job logs`.
+    ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
+
+
+def prepare_pairs(cfg: Config, out: Path) -> tuple[ray.data.Dataset, dict[str, int], list[str]]:
+    """Read, normalise, tokenize and validate: the usable pairs (materialized), counts, row hashes."""
+    tokenized = tokenize(cfg, read_rows(cfg)).materialize()
+    counts, duplicates, row_hashes = _validate_rows(tokenized, cfg, out)
+    kept = tokenized.filter(lambda row: row["drop_reason"] == "" and row["source"] not in duplicates)
+    return kept.select_columns(CACHE_COLUMNS).materialize(), counts, row_hashes
 
 
 def read_rows(cfg: Config) -> ray.data.Dataset:

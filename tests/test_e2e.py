@@ -31,15 +31,22 @@ def _run(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess[str
     return subprocess.run([sys.executable, SCRIPT, *args], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
 
 
-def test_quickstart_script_runs(tmp_path: Path) -> None:
+def test_precompute_then_quickstart_hits_the_cache(tmp_path: Path) -> None:
     # The shipped quickstart config, model and data; fewer steps to keep the suite short.
-    out = tmp_path / "qs"
-    proc = _run(["train.max_steps=4", "train.eval_every=2", f"output_dir={out}"])
+    out, cache = tmp_path / "qs", tmp_path / "refcache"
+    pre = subprocess.run([sys.executable, str(REPO / "pipelines" / "precompute_ref.py"), f"reference.cache_dir={cache}",
+                          f"output_dir={out}"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert pre.returncode == 0, pre.stderr[-3000:]
+    assert "reference: scored and cached (" in pre.stdout
+    assert not (out / "model").exists()
+    proc = _run(["train.max_steps=4", "train.eval_every=2", f"output_dir={out}", f"reference.cache_dir={cache}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "== dpo_ray summary ==" in proc.stdout
+    assert "reference  cache hit (" in proc.stdout and "no reference model loaded" in proc.stdout
     assert f"model      {out / 'model'}" in proc.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["data/rows_read"] == 3000 and metrics["perf/num_workers"] == 2
+    assert metrics["ref/cache_hit"] == 1.0
     assert (out / "model" / "config.json").exists() and (out / "config.yaml").exists()
 
 
