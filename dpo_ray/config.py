@@ -207,7 +207,22 @@ class TrainConfig:
     gradient_clipping: float = 1.0
     """Global gradient-norm clip (0 turns it off)."""
     max_steps: int = 100
-    """Optimizer steps to run; the data repeats in new epochs as needed."""
+    """Optimizer steps to run (when train.epochs is not set); the data repeats as needed."""
+    epochs: float | None = None
+    """Passes over the train pairs; when set, it replaces max_steps (steps = ceil(epochs x pairs / batch_size))."""
+    early_stopping_patience: int | None = None
+    """Stop after this many evaluations without improvement of early_stopping_metric."""
+    early_stopping_metric: str = "eval/loss"
+    """Metric watched by early stopping (any eval/ metric name)."""
+    early_stopping_mode: Literal["min", "max"] = "min"
+    """Whether a lower (min) or higher (max) early_stopping_metric is better."""
+    early_stopping_min_delta: float = 0.0
+    """Smallest change that counts as an improvement."""
+    stop_loss: float | None = None
+    """Stop once the step's train loss falls below this value."""
+    nonfinite: Literal["stop", "skip"] = "stop"
+    """A step whose loss or gradient norm is not finite stops the run (no model is written), or is
+    skipped and counted (train/skipped_steps; DeepSpeed's overflow check drops the update, ZeRO >= 1)."""
     batch_size: int = 32
     """Pairs per optimizer step across all workers (global batch)."""
     micro_batch_size: int = 8
@@ -222,12 +237,19 @@ class TrainConfig:
     """bfloat16 mixed precision on GPU (ignored on CPU, where DeepSpeed runs fp32)."""
     zero_stage: Literal[0, 1, 2, 3] = 2
     """DeepSpeed ZeRO stage."""
+    offload_optimizer: bool = False
+    """ZeRO-Offload: keep optimizer states in CPU memory (GPU runs, ZeRO stage >= 1)."""
+    offload_params: bool = False
+    """ZeRO-Infinity: keep parameters in CPU memory between uses (GPU runs, ZeRO stage 3)."""
     seed: int = 42
     """Seed for weights-independent randomness (data order, dropout if on)."""
     eval_every: int = 50
     """Evaluate on the held-out pairs every this many steps (also at step 0 and at the end)."""
     logging_steps: int = 10
     """Report train metrics every this many steps."""
+    logps_chunk_size: int | None = None
+    """Apply the LM head this many positions at a time (recomputed in backward), so the full
+    (2B, T, vocab) logits never exist at once; for large vocabularies. Off: one plain forward."""
 
     def __post_init__(self) -> None:
         positive = {
@@ -239,10 +261,24 @@ class TrainConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"train.{name}={value}: must be >= 1")
+        if self.epochs is not None and self.epochs <= 0:
+            raise ConfigError(f"train.epochs={self.epochs}: must be > 0")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise ConfigError(f"train.early_stopping_patience={self.early_stopping_patience}: must be >= 1")
+        if not self.early_stopping_metric.startswith("eval/"):
+            raise ConfigError(f"train.early_stopping_metric={self.early_stopping_metric!r}: must be an eval/ metric, e.g. eval/loss")
         if self.learning_rate <= 0:
             raise ConfigError(f"train.learning_rate={self.learning_rate}: must be > 0")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError(f"train.warmup_ratio={self.warmup_ratio}: must be in [0, 1)")
+        if (self.offload_optimizer or self.offload_params) and not self.use_gpu:
+            raise ConfigError("train.offload_optimizer / train.offload_params move state from GPU to CPU; they need train.use_gpu=true")
+        if self.nonfinite == "skip" and self.zero_stage == 0:
+            raise ConfigError("train.nonfinite=skip needs train.zero_stage >= 1 (DeepSpeed's overflow check skips the update)")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ConfigError("train.offload_optimizer needs train.zero_stage >= 1")
+        if self.offload_params and self.zero_stage != 3:
+            raise ConfigError("train.offload_params needs train.zero_stage=3")
         per_step = self.micro_batch_size * self.num_workers
         if self.batch_size % per_step:
             raise ConfigError(
@@ -253,8 +289,8 @@ class TrainConfig:
     def gradient_accumulation_steps(self) -> int:
         return self.batch_size // (self.micro_batch_size * self.num_workers)
 
-    def warmup_steps(self) -> int:
-        return int(round(self.warmup_ratio * self.max_steps))
+    def warmup_steps(self, total_steps: int) -> int:
+        return int(round(self.warmup_ratio * total_steps))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,13 @@ def build_ds_config(train: TrainConfig) -> dict[str, Any]:
     if train.zero_stage == 3:
         # Gather the full weights at save time so export writes one HF model.
         zero["stage3_gather_16bit_weights_on_model_save"] = True
+    if train.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if train.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
     return {
+        # Our torch AdamW steps the offloaded states on CPU; no DeepSpeedCPUAdam JIT build.
+        "zero_force_ds_cpu_optimizer": False,
         "train_batch_size": train.batch_size,
         "train_micro_batch_size_per_gpu": train.micro_batch_size,
         "gradient_accumulation_steps": train.gradient_accumulation_steps(),

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.utils.checkpoint
 
 
 @dataclass
@@ -63,17 +64,66 @@ def sequence_logps(
     )
 
 
-def forward_sequence_stats(model: torch.nn.Module, batch: dict[str, torch.Tensor], with_wpo: bool = False) -> SequenceStats:
+def forward_sequence_stats(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], with_wpo: bool = False, chunk_size: int | None = None
+) -> SequenceStats:
     """One forward of the concatenated (2B, T) batch from collate_pairs -> per-sequence stats.
 
     The LD-DPO prefix of both rows of a pair is the shorter completion's length, l_p = min(|y_c|, |y_r|).
+    With ``chunk_size``, the LM head runs on chunks of the sequence, each recomputed in the backward
+    pass, so the (2B, T, V) logits never exist at once (large vocabularies).
     """
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
     lengths = batch["completion_mask"][:, 1:].sum(-1)
     chosen_len, rejected_len = split_pairs(lengths)
     shared = torch.minimum(chosen_len, rejected_len)
-    return sequence_logps(out.logits, batch["input_ids"], batch["completion_mask"],
-                          prefix_lengths=torch.cat([shared, shared]), with_wpo=with_wpo)
+    prefix = torch.cat([shared, shared])
+    if chunk_size is None:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+        return sequence_logps(out.logits, batch["input_ids"], batch["completion_mask"], prefix_lengths=prefix, with_wpo=with_wpo)
+    hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
+    return chunked_sequence_logps(hidden, model.get_output_embeddings(), batch["input_ids"], batch["completion_mask"],
+                                  prefix_lengths=prefix, with_wpo=with_wpo, chunk_size=chunk_size)
+
+
+def chunked_sequence_logps(
+    hidden: torch.Tensor,
+    head: torch.nn.Module,
+    input_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    *,
+    prefix_lengths: torch.Tensor,
+    with_wpo: bool,
+    chunk_size: int,
+) -> SequenceStats:
+    """sequence_logps over hidden states (N, T, H): the same sums, one sequence chunk of logits at a time."""
+    n, t = input_ids.shape
+    mask = completion_mask[:, 1:].to(torch.float32)  # (N, T-1)
+    # Prefix membership depends only on the mask, so compute it once for the whole sequence.
+    prefix_mask = mask * (torch.cumsum(mask, dim=-1) <= prefix_lengths.to(mask.dtype).unsqueeze(-1))
+    totals = [torch.zeros(n, device=hidden.device) for _ in range(4)]  # logps, prefix, logits, wpo
+    for start in range(0, t - 1, chunk_size):
+        stop = min(start + chunk_size, t - 1)
+        args = (hidden[:, start:stop], input_ids[:, start + 1 : stop + 1], mask[:, start:stop], prefix_mask[:, start:stop])
+        parts = torch.utils.checkpoint.checkpoint(_chunk_sums, head, with_wpo, *args, use_reentrant=False)
+        totals = [a + b for a, b in zip(totals, parts)]
+    num_tokens = mask.sum(-1)
+    return SequenceStats(
+        logps=totals[0], num_tokens=num_tokens, logits_sum=totals[2].detach(), prefix_logps=totals[1],
+        wpo_logw=(totals[3] / num_tokens.clamp(min=1.0)).detach() if with_wpo else None,
+    )
+
+
+def _chunk_sums(head: torch.nn.Module, with_wpo: bool, hidden: torch.Tensor, labels: torch.Tensor,
+                mask: torch.Tensor, prefix_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    logits = head(hidden)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # (N, C, V)
+    log_norm = torch.logsumexp(logits, dim=-1)
+    token_logps = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - log_norm
+    wpo = torch.zeros_like(log_norm[:, 0])
+    if with_wpo:
+        log_sq = torch.logsumexp(2.0 * logits, dim=-1) - 2.0 * log_norm
+        wpo = ((token_logps - log_sq).detach() * mask).sum(-1)
+    return (token_logps * mask).sum(-1), (token_logps * prefix_mask).sum(-1), (logits.mean(-1).detach() * mask).sum(-1), wpo
 
 
 def split_pairs(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,11 +28,12 @@ class BatchObjective:
 
 
 def batch_objective(
-    model: torch.nn.Module, batch: dict[str, np.ndarray], loss: LossConfig, *, pad_id: int, device: torch.device
+    model: torch.nn.Module, batch: dict[str, np.ndarray], loss: LossConfig, *, pad_id: int, device: torch.device,
+    chunk_size: int | None = None,
 ) -> BatchObjective:
     """Numpy batch of token ids (+ cached reference columns) -> per-pair losses and stats."""
     tensors = {k: v.to(device) for k, v in collate_pairs(batch["prompt_ids"], batch["chosen_ids"], batch["rejected_ids"], pad_id=pad_id).items()}
-    stats = forward_sequence_stats(model, tensors, with_wpo=loss.wpo)
+    stats = forward_sequence_stats(model, tensors, with_wpo=loss.wpo, chunk_size=chunk_size)
     chosen, rejected = split_pairs(stats.logps)
     chosen_lengths, rejected_lengths = split_pairs(stats.num_tokens)
     if loss.ld_alpha is not None:

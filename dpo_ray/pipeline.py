@@ -27,8 +27,10 @@ from dpo_ray.data import (
 from dpo_ray.data_report import build_data_report
 from dpo_ray.objective import REF_COLUMNS
 from dpo_ray.modeling import resolve_dtype
+from dpo_ray.plots import plot_curves, write_tensorboard
 from dpo_ray.ref_cache import CacheStore, cache_key, data_key, model_identity, versions
 from dpo_ray.reference import ReferenceScorer
+from dpo_ray.stopping import TrainingError, total_steps
 from dpo_ray.train_loop import train_loop_per_worker
 
 TOKEN_COLUMNS = ["row_id", "prompt_ids", "chosen_ids", "rejected_ids"]
@@ -53,7 +55,7 @@ def run(config: Config) -> dict[str, Any]:
     train_ds = scored.filter(lambda row: row["split_key"] >= eval_fraction).select_columns(columns)
     train_ds = train_ds.random_shuffle(seed=cfg.train.seed).materialize()
     eval_ds = scored.filter(lambda row: row["split_key"] < eval_fraction).select_columns(columns).materialize()
-    result = build_trainer(cfg, train_ds, eval_ds).fit()
+    result = build_trainer(cfg, train_ds, eval_ds, total_steps(cfg.train, counts["data/train_pairs"])).fit()
 
     run_stats = {**counts, **ref_stats, "perf/total_seconds": time.perf_counter() - started}
     return _write_outputs(cfg, out, result, run_stats)
@@ -185,11 +187,11 @@ def score_reference(cfg: Config, pairs: ray.data.Dataset, crash_marker: str | No
     )
 
 
-def build_trainer(cfg: Config, train_ds: ray.data.Dataset, eval_ds: ray.data.Dataset) -> TorchTrainer:
+def build_trainer(cfg: Config, train_ds: ray.data.Dataset, eval_ds: ray.data.Dataset, steps: int) -> TorchTrainer:
     t = cfg.train
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": cfg.to_dict()},
+        train_loop_config={"config": cfg.to_dict(), "total_steps": steps},
         scaling_config=ScalingConfig(
             num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker}
         ),
@@ -256,14 +258,21 @@ def _write_outputs(cfg: Config, out: Path, result: Any, run_stats: dict[str, flo
     out.mkdir(parents=True, exist_ok=True)
     with result.checkpoint.as_directory() as ckpt:
         history = json.loads(Path(ckpt, "history.json").read_text())
+        _atomic_write(out / "metrics_history.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+        if result.metrics.get("stop_reason") == "non_finite":
+            raise TrainingError(
+                f"training stopped at step {result.metrics['train/steps']:.0f}: the loss or gradient norm is not finite "
+                f"(lower train.learning_rate, or set train.nonfinite=skip); no model was written, history in {out / 'metrics_history.jsonl'}"
+            )
         staged = out / ".model.partial"
         shutil.rmtree(staged, ignore_errors=True)
         shutil.copytree(Path(ckpt, "model"), staged)
     initial = {f"initial_{k}": v for k, v in history[0].items() if k.startswith("eval/")}
     final = {k: v for k, v in result.metrics.items() if k != "step"}
     summary: dict[str, Any] = {**run_stats, **initial, **final, "model_dir": str(out / "model")}
+    plot_curves(history, out / "curves.png")
+    write_tensorboard(history, out / "tensorboard")
     _atomic_write(out / "config.yaml", cfg.to_yaml())
-    _atomic_write(out / "metrics_history.jsonl", "".join(json.dumps(row) + "\n" for row in history))
     _atomic_write(out / "metrics.json", json.dumps(summary, indent=2, sort_keys=True))
     previous = out / ".model.previous"
     if (out / "model").exists():

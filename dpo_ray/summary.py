@@ -37,6 +37,7 @@ def format_summary(s: dict[str, Any]) -> str:
         f"throughput {s['perf/pairs_per_second']:.1f} pairs/s, {s['perf/tokens_per_second']:.0f} tokens/s "
         f"({s['perf/num_workers']:.0f} workers, {s['perf/train_seconds']:.1f} s training, "
         f"first step after {s['perf/seconds_to_first_step']:.1f} s)",
+        f"stopped    after {s['train/steps']:.0f} steps: {s['stop_reason']}",
         f"total      {s['perf/total_seconds']:.1f} s",
         f"model      {s['model_dir']}",
     ]

@@ -25,12 +25,14 @@ from dpo_ray.ds_config import build_ds_config
 from dpo_ray.metrics import SUM_FIELDS, finalize, metric_sums
 from dpo_ray.modeling import load_model, load_tokenizer, resolve_dtype
 from dpo_ray.objective import batch_objective
+from dpo_ray.stopping import Stopper
 
 SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     cfg = from_dict(loop_config["config"])
+    steps = int(loop_config["total_steps"])
     deepspeed = _import_deepspeed(cfg.train.use_gpu)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -50,7 +52,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # A torch optimizer: DeepSpeed then JIT-builds no FusedAdam (RAY-DEEPSPEED-NOTES.md).
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
     scheduler = get_scheduler(SCHEDULERS[cfg.train.lr_scheduler], optimizer,
-                              num_warmup_steps=cfg.train.warmup_steps(), num_training_steps=cfg.train.max_steps)
+                              num_warmup_steps=cfg.train.warmup_steps(steps), num_training_steps=steps)
     engine, _, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=build_ds_config(cfg.train)
     )
@@ -64,9 +66,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         history.append(row)
         ray.train.report(row)  # a barrier: every rank reports on the same steps
 
+    stopper = Stopper(cfg.train)
+    stop_reason = "epochs" if cfg.train.epochs is not None else "max_steps"
     log(_evaluate(engine, eval_shard, cfg, tokenizer.pad_token_id, device), step=0)
     train_seconds, pairs_done, tokens_done, first_step_at = 0.0, 0, 0, 0.0
-    for step in range(1, cfg.train.max_steps + 1):
+    for step in range(1, steps + 1):
         t0 = _now(device)
         sums, tokens = _train_step(engine, train_batches, cfg, tokenizer.pad_token_id, device)
         dist.all_reduce(sums)
@@ -77,17 +81,30 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         tokens_done += int(tokens.item())
         if step == 1:
             first_step_at = time.perf_counter() - loop_start
+        train_metrics = finalize(sums, "train/")
+        grad_norm = engine.get_global_grad_norm()
+        grad_norm = float(grad_norm) if grad_norm is not None else 0.0
+        stop = stopper.after_step(train_metrics["train/loss"], grad_norm)
         metrics: dict[str, float] = {}
-        if step % cfg.train.logging_steps == 0 or step == cfg.train.max_steps:
-            metrics.update(finalize(sums, "train/"))
-            metrics["train/grad_norm"] = float(engine.get_global_grad_norm() or 0.0)
+        if step % cfg.train.logging_steps == 0 or step == steps or stop:
+            metrics.update(train_metrics)
+            metrics["train/grad_norm"] = grad_norm
+            metrics["train/skipped_steps"] = float(stopper.skipped_steps)
             metrics["train/learning_rate"] = float(scheduler.get_last_lr()[0])
             if rank == 0:
-                _print_progress(step, cfg.train.max_steps, metrics, pairs_done / train_seconds, train_seconds)
-        if step % cfg.train.eval_every == 0 or step == cfg.train.max_steps:
+                _print_progress(step, steps, metrics, pairs_done / train_seconds, train_seconds)
+        if stop == "non_finite":
+            log(metrics, step)
+            _report_failure(rank, history, step)  # the weights may hold NaN now: export nothing
+            return
+        if step % cfg.train.eval_every == 0 or step == steps or stop:
             metrics.update(_evaluate(engine, eval_shard, cfg, tokenizer.pad_token_id, device))
+            stop = stop or stopper.after_eval(metrics)
         if metrics:
             log(metrics, step)
+        if stop:
+            stop_reason = stop
+            break
 
     perf = {
         "perf/pairs_per_second": pairs_done / train_seconds,
@@ -95,8 +112,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         "perf/train_seconds": train_seconds,
         "perf/seconds_to_first_step": first_step_at,
         "perf/num_workers": float(world),
+        "train/steps": float(step),
     }
-    _export(engine, tokenizer, cfg, rank, history, perf)
+    _export(engine, tokenizer, cfg, rank, history, {**perf, "stop_reason": stop_reason})
 
 
 def _import_deepspeed(use_gpu: bool) -> Any:
@@ -130,7 +148,8 @@ def _train_step(engine: Any, batches: Iterator[dict[str, np.ndarray]], cfg: Conf
     sums = torch.zeros(len(SUM_FIELDS), dtype=torch.float64, device=device)
     tokens = torch.zeros(1, dtype=torch.int64, device=device)
     for _ in range(cfg.train.gradient_accumulation_steps()):
-        out = batch_objective(engine, next(batches), cfg.loss, pad_id=pad_id, device=device)
+        out = batch_objective(engine, next(batches), cfg.loss, pad_id=pad_id, device=device,
+                              chunk_size=cfg.train.logps_chunk_size)
         engine.backward(out.result.losses.mean())  # DeepSpeed divides by the accumulation steps
         engine.step()  # steps the optimizer and scheduler only at the accumulation boundary
         sums += metric_sums(out.result, out.stats)
@@ -143,7 +162,7 @@ def _evaluate(engine: Any, shard: Any, cfg: Config, pad_id: int, device: torch.d
     engine.eval()
     sums = torch.zeros(len(SUM_FIELDS), dtype=torch.float64, device=device)
     for batch in shard.iter_batches(batch_size=cfg.train.micro_batch_size, batch_format="numpy"):
-        out = batch_objective(engine, batch, cfg.loss, pad_id=pad_id, device=device)
+        out = batch_objective(engine, batch, cfg.loss, pad_id=pad_id, device=device, chunk_size=cfg.train.logps_chunk_size)
         sums += metric_sums(out.result, out.stats)
     dist.all_reduce(sums)
     engine.train()
@@ -152,7 +171,7 @@ def _evaluate(engine: Any, shard: Any, cfg: Config, pad_id: int, device: torch.d
     return metrics
 
 
-def _export(engine: Any, tokenizer: Any, cfg: Config, rank: int, history: list[dict[str, float]], perf: dict[str, float]) -> None:
+def _export(engine: Any, tokenizer: Any, cfg: Config, rank: int, history: list[dict[str, float]], perf: dict[str, Any]) -> None:
     """Gather the weights (all ZeRO stages), save an HF model on rank 0, report it as the final checkpoint."""
     if cfg.train.zero_stage == 3:
         state_dict = engine._zero3_consolidated_16bit_state_dict()  # collective: every rank calls it
@@ -171,6 +190,17 @@ def _export(engine: Any, tokenizer: Any, cfg: Config, rank: int, history: list[d
                 f.write(cfg.to_yaml())
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(final, checkpoint=checkpoint)
+
+
+def _report_failure(rank: int, history: list[dict[str, float]], step: int) -> None:
+    """The final report of a run stopped by a non-finite loss: history only, no model."""
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if rank == 0:
+            with open(os.path.join(tmp, "history.json"), "w") as f:
+                json.dump(history, f)
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report({"stop_reason": "non_finite", "train/steps": float(step)}, checkpoint=checkpoint)
 
 
 def _now(device: torch.device) -> float:

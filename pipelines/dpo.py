@@ -11,6 +11,7 @@ from pathlib import Path
 
 from dpo_ray.config import ConfigError, load_config
 from dpo_ray.data import DataError
+from dpo_ray.stopping import TrainingError
 from dpo_ray.summary import format_summary
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "quickstart.yaml"
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         from dpo_ray.pipeline import run  # Ray and torch load only for a valid config
 
         summary = run(cfg)
-    except (ConfigError, DataError) as err:
+    except (ConfigError, DataError, TrainingError) as err:
         print(f"dpo_ray: error: {err}", file=sys.stderr)
         return 2
     print(format_summary(summary))

@@ -50,3 +50,20 @@ def test_padding_does_not_change_logps(tiny_model_dir: str) -> None:
     b_chosen, b_rejected = split_pairs(b)
     assert torch.allclose(a_chosen[0], b_chosen[0], atol=1e-5)
     assert torch.allclose(a_rejected[0], b_rejected[0], atol=1e-5)
+
+
+def test_chunked_logps_match_the_plain_path_with_gradients(tiny_model_dir: str) -> None:
+    torch.manual_seed(0)
+    batch = collate_pairs([[1, 20, 21], [1, 40, 41, 42, 43, 44]], [[30, 31, 32, 2], [50, 51, 52, 2]], [[31, 2], [53, 54, 2]], pad_id=0)
+    results = []
+    for chunk in (None, 3):
+        model = load_model(tiny_model_dir)
+        stats = forward_sequence_stats(model, batch, with_wpo=True, chunk_size=chunk)
+        (stats.logps.sum() + 0.5 * stats.prefix_logps.sum()).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((stats, grads))
+    (plain, g_plain), (chunked, g_chunked) = results
+    for field in ("logps", "num_tokens", "logits_sum", "prefix_logps", "wpo_logw"):
+        assert torch.allclose(getattr(plain, field), getattr(chunked, field), atol=1e-5), field
+    assert g_plain.keys() == g_chunked.keys()
+    assert all(torch.allclose(g_plain[n], g_chunked[n], atol=1e-5) for n in g_plain)

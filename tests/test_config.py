@@ -72,7 +72,7 @@ def test_derived_values() -> None:
     cfg = load_config(None, ["train.batch_size=32", "train.micro_batch_size=4", "train.num_workers=2",
                              "train.warmup_ratio=0.1", "train.max_steps=50"])
     assert cfg.train.gradient_accumulation_steps() == 4
-    assert cfg.train.warmup_steps() == 5
+    assert cfg.train.warmup_steps(50) == 5
 
 
 def test_resolve_paths_makes_local_paths_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,3 +17,17 @@ def test_bf16_only_on_gpu() -> None:
     assert build_ds_config(load_config(None, ["train.use_gpu=false"]).train)["bf16"]["enabled"] is False
     assert build_ds_config(load_config(None, ["train.use_gpu=true"]).train)["bf16"]["enabled"] is True
     assert build_ds_config(load_config(None, ["train.use_gpu=true", "train.bf16=false"]).train)["bf16"]["enabled"] is False
+
+
+def test_offload_settings() -> None:
+    import pytest
+
+    from dpo_ray.config import ConfigError
+
+    ds = build_ds_config(load_config(None, ["train.use_gpu=true", "train.zero_stage=3", "train.offload_optimizer=true", "train.offload_params=true"]).train)
+    assert ds["zero_optimization"]["offload_optimizer"] == {"device": "cpu", "pin_memory": True}
+    assert ds["zero_optimization"]["offload_param"] == {"device": "cpu", "pin_memory": True}
+    with pytest.raises(ConfigError, match="need train.use_gpu=true"):
+        load_config(None, ["train.offload_optimizer=true"])
+    with pytest.raises(ConfigError, match="offload_params needs train.zero_stage=3"):
+        load_config(None, ["train.use_gpu=true", "train.offload_params=true"])

@@ -63,11 +63,9 @@ def test_existing_run_is_not_overwritten(tmp_path: Path, tiny_model_dir: str, pa
 def test_unknown_key_is_one_line_and_fast(tmp_path: Path) -> None:
     proc = _run(["train.max_stepz=3", f"output_dir={tmp_path}"], timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
-        "dpo_ray: error: unknown config key 'train.max_stepz' (known in train: learning_rate, lr_scheduler, "
-        "warmup_ratio, weight_decay, gradient_clipping, max_steps, batch_size, micro_batch_size, num_workers, "
-        "cpus_per_worker, use_gpu, bf16, zero_stage, seed, eval_every, logging_steps)"
-    ]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("dpo_ray: error: unknown config key 'train.max_stepz' (known in train: learning_rate, ")
+    assert " max_steps, " in line
     assert not any(tmp_path.iterdir())
 
 

@@ -48,6 +48,8 @@ def test_pipeline_end_to_end(zero_stage: int, tiny_model_dir: str, pairs_jsonl: 
         assert math.isfinite(metrics[key]), key
     assert metrics["data/train_pairs"] + metrics["data/eval_pairs"] == metrics["data/rows_read"] == 400
     assert load_config(out / "config.yaml").train.zero_stage == zero_stage
+    assert metrics["stop_reason"] == "max_steps" and metrics["train/steps"] == 4
+    assert (out / "curves.png").stat().st_size > 10_000 and any((out / "tensorboard").iterdir())
 
     # Step-0 invariant through the real stages: cached reference log-probs equal the trainer's own
     # policy log-probs, so the eval loss at step 0 and the step-1 train loss (all micro-batches run
@@ -149,3 +151,31 @@ def test_combined_losses_with_wpo_and_ld(tiny_model_dir: str, pairs_jsonl: str, 
     history = [json.loads(line) for line in (out / "metrics_history.jsonl").read_text().splitlines()]
     assert history[1]["train/loss"] > math.log(2)
     assert math.isfinite(summary["eval/rewards/accuracies"])
+
+
+def test_stop_loss_ends_the_run_early(tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    # Step 1 runs before any update, so its loss is ln 2 = 0.6931; any later improvement stops the run.
+    summary = run(load_config(None, small_overrides(tiny_model_dir, pairs_jsonl, str(out), **{"train.max_steps": 30, "train.stop_loss": 0.6931})))
+    assert summary["stop_reason"] == "stop_loss"
+    assert 2 <= summary["train/steps"] < 30
+    assert (out / "model").exists()
+
+
+def test_non_finite_loss_stops_without_a_model(tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path) -> None:
+    from dpo_ray.stopping import TrainingError
+
+    out = tmp_path / "run"
+    cfg = load_config(None, small_overrides(tiny_model_dir, pairs_jsonl, str(out), **{
+        "train.max_steps": 6, "train.learning_rate": 1e30, "train.gradient_clipping": 0.0}))
+    with pytest.raises(TrainingError, match=r"training stopped at step \d+: the loss or gradient norm is not finite"):
+        run(cfg)
+    assert not (out / "model").exists() and not (out / "metrics.json").exists()
+    assert (out / "metrics_history.jsonl").exists()
+    # The same run with nonfinite=skip finishes, counts the skipped updates and exports finite weights.
+    skip = tmp_path / "skip"
+    summary = run(load_config(None, [*small_overrides(tiny_model_dir, pairs_jsonl, str(skip), **{
+        "train.max_steps": 6, "train.learning_rate": 1e30, "train.gradient_clipping": 0.0}), "train.nonfinite=skip"]))
+    assert summary["train/skipped_steps"] >= 1 and summary["stop_reason"] == "max_steps"
+    model = AutoModelForCausalLM.from_pretrained(skip / "model")
+    assert all(torch.isfinite(p).all() for p in model.parameters())

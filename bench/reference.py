@@ -1,0 +1,101 @@
+"""Reference stage: actor-pool scoring throughput vs a bare forward loop, pad fraction with and without
+length bucketing, and a warm-cache run.
+
+python bench/reference.py   -> bench/results/reference.json
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+import torch
+
+from common import write_result
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from dpo_ray.collate import collate_pairs  # noqa: E402
+from dpo_ray.config import load_config  # noqa: E402
+from dpo_ray.logprobs import forward_sequence_stats  # noqa: E402
+from dpo_ray.modeling import load_model, load_tokenizer  # noqa: E402
+from dpo_ray.pipeline import prepare_pairs, reference_stage, score_reference  # noqa: E402
+from dpo_ray.toy import build_tiny_model, make_preference_rows  # noqa: E402
+
+BATCH = 32
+
+
+def varying_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
+    """Quickstart pairs with prompts padded by 0-120 filler words: widely varying lengths."""
+    rng = random.Random(seed)
+    rows = make_preference_rows(n, seed=seed)
+    return [{**r, "prompt": " ".join(["please"] * rng.randint(0, 120)) + " " + r["prompt"]} for r in rows]
+
+
+def bare_loop(model_dir: str, batches: list[dict], threads: int) -> tuple[float, int]:
+    """The same batches through transformers in one process: (seconds, real tokens)."""
+    torch.set_num_threads(threads)
+    model = load_model(model_dir).eval()
+    pad = load_tokenizer(model_dir).pad_token_id
+    tokens, start = 0, time.perf_counter()
+    with torch.inference_mode():
+        for b in batches:
+            t = collate_pairs(b["prompt_ids"], b["chosen_ids"], b["rejected_ids"], pad_id=pad)
+            forward_sequence_stats(model, t)
+            tokens += int(t["attention_mask"].sum())
+    return time.perf_counter() - start, tokens
+
+
+def main() -> None:
+    ray.init(address="local", num_cpus=2, log_to_driver=False)
+    work = Path(tempfile.mkdtemp(prefix="bench-ref-"))
+    rows = make_preference_rows(3000, seed=0)
+    model_dir = str(build_tiny_model(work / "model", rows + varying_rows(200), hidden_size=256, num_layers=4, num_heads=4))
+    params = sum(p.numel() for p in load_model(model_dir).parameters())
+    sets = {"quickstart": rows, "varying_lengths": varying_rows(2000)}
+    results = []
+    for name, data in sets.items():
+        path = work / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in data))
+        for bucketing in (False, True):
+            cache = work / f"cache-{name}-{bucketing}"
+            cfg = load_config(None, [f"model.name_or_path={model_dir}", f"data.path={path}", "data.max_length=256",
+                                     f"reference.batch_size={BATCH}", f"reference.length_bucketing={str(bucketing).lower()}",
+                                     f"reference.cache_dir={cache}", f"output_dir={work / 'out'}"])
+            pairs, _, hashes = prepare_pairs(cfg, work / "out")
+            start = time.perf_counter()
+            scored = score_reference(cfg, pairs).materialize()
+            pool_s = time.perf_counter() - start
+            pads = scored.sum("ref_pad_tokens")
+            batches = list(scored.iter_batches(batch_size=BATCH, batch_format="numpy"))
+            bare_s, real = bare_loop(model_dir, batches, threads=1)
+            _, cold = reference_stage(cfg, pairs, hashes)
+            _, warm = reference_stage(cfg, pairs, hashes)
+            results.append({
+                "data": name, "length_bucketing": bucketing, "pairs": len(hashes),
+                "pad_fraction": round(pads / (pads + real), 4),
+                "pool_tokens_per_s": round(real / pool_s), "bare_loop_tokens_per_s": round(real / bare_s),
+                "pool_vs_bare": round(bare_s / pool_s, 3),
+                "pool_seconds_incl_actor_start": round(pool_s, 2), "bare_seconds_excl_model_load": round(bare_s, 2),
+                "cold_stage_s": round(cold["ref/seconds"], 2), "warm_stage_s": round(warm["ref/seconds"], 2),
+                "warm_cache_hit": bool(warm["ref/cache_hit"]),
+            })
+            print(results[-1], flush=True)
+    write_result("reference", {
+        "command": "python bench/reference.py",
+        "notes": (f"Model: Llama built from config, {params / 1e6:.1f}M parameters, fp32 on CPU; one scoring actor "
+                  "(1 CPU) vs a bare loop with 1 torch thread over the same batches of "
+                  f"{BATCH} pairs. Pool time includes actor start and model load; the bare loop's excludes its model "
+                  "load. cold_stage_s scores and commits the cache; warm_stage_s reads it back (no model loaded)."),
+        "runs": results,
+    })
+
+
+if __name__ == "__main__":
+    main()
