@@ -36,9 +36,13 @@ def load_model(
     revision: str | None = None,
     dtype: torch.dtype = torch.float32,
     disable_dropout: bool = True,
+    device_map: str | None = None,
 ) -> PreTrainedModel:
-    """Causal LM in ``dtype``; dropout zeroed when asked (TRL's disable_dropout default)."""
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, revision=revision, dtype=dtype)
+    """Causal LM in ``dtype``; dropout zeroed when asked (TRL's disable_dropout default).
+
+    ``device_map="auto"`` spreads the layers over the visible GPUs (needs accelerate).
+    """
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, revision=revision, dtype=dtype, device_map=device_map)
     if disable_dropout:
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):

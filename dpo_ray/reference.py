@@ -25,9 +25,15 @@ class ReferenceScorer:
         self.crash_marker, self.crash_at_call, self.calls = crash_marker, crash_at_call, 0
         self.device = torch.device("cuda" if use_gpu else "cpu")
         self.pad_id = load_tokenizer(name_or_path, revision).pad_token_id
+        # An actor given several GPUs (reference.num_gpus_per_actor > 1) spreads the layers over
+        # them (accelerate's device_map), for a reference model larger than one GPU.
+        spread = use_gpu and torch.cuda.device_count() > 1
         self.model = load_model(
-            name_or_path, revision=revision, dtype=resolve_dtype(dtype, on_gpu=use_gpu), disable_dropout=True
-        ).to(self.device)
+            name_or_path, revision=revision, dtype=resolve_dtype(dtype, on_gpu=use_gpu), disable_dropout=True,
+            device_map="auto" if spread else None,
+        )
+        if not spread:
+            self.model.to(self.device)
         self.model.eval()
 
     @torch.inference_mode()
