@@ -299,7 +299,11 @@ def load_hf_table(path: str, *, split: str, subset: str | None, revision: str | 
                 raise DataError(f"data.path {path}: no split '{split}' (splits: {', '.join(loaded)}); set data.split")
             loaded = loaded[split]
     else:
-        loaded = datasets.load_dataset(path, name=subset, split=split, revision=revision)
+        try:
+            loaded = datasets.load_dataset(path, name=subset, split=split, revision=revision)
+        except (FileNotFoundError, ConnectionError, ValueError) as err:  # not found, offline, bad split/subset
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise DataError(f"data.path {path}: not a local path, and loading it as a hub dataset failed ({first})") from err
     return loaded.with_format("arrow")[:]
 
 

@@ -226,3 +226,10 @@ def test_source_kind(tmp_path: Path) -> None:
     assert source_kind(str(tmp_path / "missing.jsonl")) == "files"  # a missing local file is reported as such
     assert source_kind("s3://bucket/prefs/*.parquet") == "files"
     assert source_kind("data/*.jsonl") == "files"
+
+
+def test_unreachable_hub_dataset_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(DataError, match="data.path no-such-org/no-such-dataset: not a local path, and loading it as a hub dataset failed"):
+        load_hf_table("no-such-org/no-such-dataset", split="train", subset=None, revision=None)
