@@ -247,6 +247,14 @@ class TrainConfig:
     """Evaluate on the held-out pairs every this many steps (also at step 0 and at the end)."""
     logging_steps: int = 10
     """Report train metrics every this many steps."""
+    checkpoint_every: int | None = None
+    """Checkpoint (model, optimizer, scheduler, RNG, data position) every this many steps."""
+    num_to_keep: int = 2
+    """Checkpoints kept on storage (the final model export counts as one)."""
+    max_failures: int = 0
+    """Worker-group restarts allowed; a restarted group resumes from the last checkpoint."""
+    resume_from: str | None = None
+    """A stopped run's output_dir (or one of its checkpoint folders) to continue, same worker count."""
     logps_chunk_size: int | None = None
     """Apply the LM head this many positions at a time (recomputed in backward), so the full
     (2B, T, vocab) logits never exist at once; for large vocabularies. Off: one plain forward."""
@@ -273,6 +281,8 @@ class TrainConfig:
             raise ConfigError(f"train.warmup_ratio={self.warmup_ratio}: must be in [0, 1)")
         if (self.offload_optimizer or self.offload_params) and not self.use_gpu:
             raise ConfigError("train.offload_optimizer / train.offload_params move state from GPU to CPU; they need train.use_gpu=true")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1 or self.num_to_keep < 1 or self.max_failures < 0:
+            raise ConfigError("train.checkpoint_every and train.num_to_keep must be >= 1, train.max_failures >= 0")
         if self.nonfinite == "skip" and self.zero_stage == 0:
             raise ConfigError("train.nonfinite=skip needs train.zero_stage >= 1 (DeepSpeed's overflow check skips the update)")
         if self.offload_optimizer and self.zero_stage == 0:

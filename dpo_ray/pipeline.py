@@ -5,6 +5,7 @@ Every resource number is set here, from the config. pipelines/dpo.py only parses
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 import ray.data
-from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from dpo_ray.config import Config, ConfigError, resolve_paths
@@ -37,11 +38,16 @@ TOKEN_COLUMNS = ["row_id", "prompt_ids", "chosen_ids", "rejected_ids"]
 CACHE_COLUMNS = ["row_id", "row_hash", "split_key", "seq_len", "prompt_ids", "chosen_ids", "rejected_ids"]
 
 
-def run(config: Config) -> dict[str, Any]:
-    """Run the whole job; returns the summary that is also written to metrics.json."""
+def run(config: Config, fault_injection: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the whole job; returns the summary that is also written to metrics.json.
+
+    ``fault_injection`` ({"crash_at_step": N, "crash_marker": path}) is the fault test's hook: the
+    last worker dies once at step N.
+    """
     cfg = resolve_paths(config)
     out = Path(cfg.output_dir)
     _check_output_dir(out, cfg.overwrite_output_dir)
+    resume_path = find_checkpoint(cfg.train.resume_from) if cfg.train.resume_from else None
     _start_ray()
     started = time.perf_counter()
     kept, counts, row_hashes = prepare_pairs(cfg, out)
@@ -53,9 +59,15 @@ def run(config: Config) -> dict[str, Any]:
     columns = TOKEN_COLUMNS + ([] if cfg.loss.reference_free() else list(REF_COLUMNS))
     eval_fraction = cfg.data.eval_fraction
     train_ds = scored.filter(lambda row: row["split_key"] >= eval_fraction).select_columns(columns)
-    train_ds = train_ds.random_shuffle(seed=cfg.train.seed).materialize()
+    train_ds = deterministic_shuffle(train_ds, cfg.train.seed).materialize()
     eval_ds = scored.filter(lambda row: row["split_key"] < eval_fraction).select_columns(columns).materialize()
-    result = build_trainer(cfg, train_ds, eval_ds, total_steps(cfg.train, counts["data/train_pairs"])).fit()
+    loop_extra = {
+        "total_steps": total_steps(cfg.train, counts["data/train_pairs"]),
+        "steps_per_epoch": counts["data/train_pairs"] // cfg.train.batch_size,
+        "resume_path": resume_path,
+        **(fault_injection or {}),
+    }
+    result = build_trainer(cfg, train_ds, eval_ds, loop_extra).fit()
 
     run_stats = {**counts, **ref_stats, "perf/total_seconds": time.perf_counter() - started}
     return _write_outputs(cfg, out, result, run_stats)
@@ -187,22 +199,50 @@ def score_reference(cfg: Config, pairs: ray.data.Dataset, crash_marker: str | No
     )
 
 
-def build_trainer(cfg: Config, train_ds: ray.data.Dataset, eval_ds: ray.data.Dataset, steps: int) -> TorchTrainer:
+def deterministic_shuffle(ds: ray.data.Dataset, seed: int) -> ray.data.Dataset:
+    """Shuffle by sorting on a seeded hash of each row id: the same order in every run, whatever
+    the block layout upstream (Ray's random_shuffle depends on it), so restarts replay exactly."""
+    seed_bytes = str(seed).encode()
+
+    def add_key(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        keys = [int.from_bytes(hashlib.sha256(seed_bytes + str(rid).encode()).digest()[:8], "big") >> 1 for rid in batch["row_id"]]
+        return {**batch, "_order": np.asarray(keys, dtype=np.int64)}
+
+    return ds.map_batches(add_key, batch_format="numpy").sort("_order").drop_columns(["_order"])
+
+
+def build_trainer(cfg: Config, train_ds: ray.data.Dataset, eval_ds: ray.data.Dataset, loop_extra: dict[str, Any]) -> TorchTrainer:
+    """One TorchTrainer. Both datasets go whole to every worker, which takes its strided share of
+    each global batch (train_loop._micro_batches, _evaluate): the same pairs in the same order in
+    every run and for any worker count, so restarts replay exactly and no eval pair is dropped."""
     t = cfg.train
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": cfg.to_dict(), "total_steps": steps},
+        train_loop_config={"config": cfg.to_dict(), **loop_extra},
         scaling_config=ScalingConfig(
             num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker}
         ),
         run_config=RunConfig(
             name=f"train-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=str(Path(cfg.output_dir) / "ray"),
-            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep),
+            failure_config=FailureConfig(max_failures=t.max_failures),
         ),
         datasets={"train": train_ds, "eval": eval_ds},
-        dataset_config=DataConfig(datasets_to_split="all"),
+        dataset_config=DataConfig(datasets_to_split=[]),
     )
+
+
+def find_checkpoint(path: str) -> str:
+    """train.resume_from: a checkpoint folder, or a run's output_dir (its newest training checkpoint)."""
+    root = Path(path).resolve()
+    if (root / "run_state.json").exists():
+        return str(root)
+    found = sorted(root.glob("ray/*/checkpoint_*/run_state.json"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise ConfigError(f"train.resume_from={path}: no checkpoint found (looked for ray/*/checkpoint_*/run_state.json); "
+                          "was the run started with train.checkpoint_every?")
+    return str(found[-1].parent)
 
 
 def _check_output_dir(out: Path, overwrite: bool) -> None:
@@ -245,9 +285,8 @@ def _validate_rows(tokenized: ray.data.Dataset, cfg: Config, out: Path) -> tuple
         **{f"data/dropped/{r}": n for r, n in report["dropped"].items()},
         **{f"data/warnings/{w}": n for w, n in report["warnings"].items()},
     }
-    need = cfg.train.micro_batch_size * cfg.train.num_workers
-    if counts["data/train_pairs"] < need:
-        raise DataError(f"data.path {cfg.data.path}: {counts['data/train_pairs']} train pairs, fewer than one micro-batch per worker ({need}); add data or lower train.micro_batch_size")
+    if counts["data/train_pairs"] < cfg.train.batch_size:
+        raise DataError(f"data.path {cfg.data.path}: {counts['data/train_pairs']} train pairs, fewer than one batch (train.batch_size={cfg.train.batch_size}); add data or lower train.batch_size")
     if counts["data/eval_pairs"] < cfg.train.num_workers:
         raise DataError(f"data.path {cfg.data.path}: {counts['data/eval_pairs']} eval pairs for {cfg.train.num_workers} workers; raise data.eval_fraction or add data")
     return counts, set(flags.loc[duplicated, "source"]), list(flags.loc[flags["drop_reason"] == "", "row_hash"])

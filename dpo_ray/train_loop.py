@@ -11,6 +11,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,9 +31,24 @@ from dpo_ray.stopping import Stopper
 SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 
 
+@dataclass
+class RunState:
+    """What a checkpoint carries besides DeepSpeed's model, optimizer and scheduler state."""
+
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    pairs_done: int = 0
+    tokens_done: int = 0
+    first_step_at: float = 0.0
+    skipped_steps: int = 0
+    best: float | None = None
+    evals_without_improvement: int = 0
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     cfg = from_dict(loop_config["config"])
-    steps = int(loop_config["total_steps"])
+    steps, steps_per_epoch = int(loop_config["total_steps"]), int(loop_config["steps_per_epoch"])
     deepspeed = _import_deepspeed(cfg.train.use_gpu)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -44,6 +60,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     loop_start = time.perf_counter()
 
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.revision)
+    pad_id = tokenizer.pad_token_id
     dtype = resolve_dtype(cfg.model.dtype, on_gpu=cfg.train.use_gpu, bf16=cfg.train.bf16)
     model = load_model(cfg.model.name_or_path, revision=cfg.model.revision, dtype=dtype,
                        disable_dropout=cfg.model.disable_dropout)
@@ -57,64 +74,107 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=build_ds_config(cfg.train)
     )
 
-    train_batches = _micro_batches(ray.train.get_dataset_shard("train"), cfg, rank)
+    state = _restore(engine, rank, loop_config.get("resume_path"))
+    stopper = Stopper(cfg.train, best=state.best, evals_without_improvement=state.evals_without_improvement,
+                      skipped_steps=state.skipped_steps)
+    train_batches = _micro_batches(ray.train.get_dataset_shard("train"), cfg, rank, world, steps_per_epoch, state.step)
     eval_shard = ray.train.get_dataset_shard("eval")
-    history: list[dict[str, float]] = []
 
-    def log(metrics: dict[str, float], step: int) -> None:
-        row = {"step": float(step), **metrics}
-        history.append(row)
-        ray.train.report(row)  # a barrier: every rank reports on the same steps
+    def log(metrics: dict[str, Any], step: int, checkpoint: bool = False) -> None:
+        state.history.append({"step": float(step), **metrics})
+        state.best, state.evals_without_improvement = stopper.best, stopper.evals_without_improvement
+        state.skipped_steps = stopper.skipped_steps
+        if checkpoint:
+            _save_checkpoint(engine, state, rank, state.history[-1])
+        else:
+            ray.train.report(state.history[-1])  # a barrier: every rank reports on the same steps
 
-    stopper = Stopper(cfg.train)
+    if state.step == 0:
+        log(_evaluate(engine, eval_shard, cfg, pad_id, device), step=0)
     stop_reason = "epochs" if cfg.train.epochs is not None else "max_steps"
-    log(_evaluate(engine, eval_shard, cfg, tokenizer.pad_token_id, device), step=0)
-    train_seconds, pairs_done, tokens_done, first_step_at = 0.0, 0, 0, 0.0
-    for step in range(1, steps + 1):
+    crash_at = loop_config.get("crash_at_step")
+    for step in range(state.step + 1, steps + 1):
         t0 = _now(device)
-        sums, tokens = _train_step(engine, train_batches, cfg, tokenizer.pad_token_id, device)
+        sums, tokens = _train_step(engine, train_batches, cfg, pad_id, device)
         dist.all_reduce(sums)
         dist.all_reduce(tokens)
-        step_seconds = _now(device) - t0
-        train_seconds += step_seconds
-        pairs_done += cfg.train.batch_size
-        tokens_done += int(tokens.item())
+        state.step = step
+        state.train_seconds += _now(device) - t0
+        state.pairs_done += cfg.train.batch_size
+        state.tokens_done += int(tokens.item())
         if step == 1:
-            first_step_at = time.perf_counter() - loop_start
+            state.first_step_at = time.perf_counter() - loop_start
         train_metrics = finalize(sums, "train/")
         grad_norm = engine.get_global_grad_norm()
         grad_norm = float(grad_norm) if grad_norm is not None else 0.0
         stop = stopper.after_step(train_metrics["train/loss"], grad_norm)
-        metrics: dict[str, float] = {}
+        metrics: dict[str, Any] = {}
         if step % cfg.train.logging_steps == 0 or step == steps or stop:
             metrics.update(train_metrics)
             metrics["train/grad_norm"] = grad_norm
             metrics["train/skipped_steps"] = float(stopper.skipped_steps)
             metrics["train/learning_rate"] = float(scheduler.get_last_lr()[0])
+            metrics["train/epoch"] = step / steps_per_epoch
             if rank == 0:
-                _print_progress(step, steps, metrics, pairs_done / train_seconds, train_seconds)
+                _print_progress(step, steps, metrics, state.pairs_done / state.train_seconds, state.train_seconds)
         if stop == "non_finite":
-            log(metrics, step)
-            _report_failure(rank, history, step)  # the weights may hold NaN now: export nothing
+            state.history.append({"step": float(step), **metrics})
+            _report_failure(rank, state.history, step)  # the weights may hold NaN now: export nothing
             return
         if step % cfg.train.eval_every == 0 or step == steps or stop:
-            metrics.update(_evaluate(engine, eval_shard, cfg, tokenizer.pad_token_id, device))
+            metrics.update(_evaluate(engine, eval_shard, cfg, pad_id, device))
             stop = stop or stopper.after_eval(metrics)
-        if metrics:
-            log(metrics, step)
+        checkpoint = cfg.train.checkpoint_every is not None and step % cfg.train.checkpoint_every == 0 and step < steps
+        if metrics or checkpoint:
+            log(metrics, step, checkpoint=checkpoint)
+        if crash_at is not None and step == crash_at and rank == world - 1 and not os.path.exists(loop_config["crash_marker"]):
+            open(loop_config["crash_marker"], "w").close()  # fault test hook: this worker dies once
+            os._exit(1)
         if stop:
             stop_reason = stop
             break
 
     perf = {
-        "perf/pairs_per_second": pairs_done / train_seconds,
-        "perf/tokens_per_second": tokens_done / train_seconds,
-        "perf/train_seconds": train_seconds,
-        "perf/seconds_to_first_step": first_step_at,
+        "perf/pairs_per_second": state.pairs_done / state.train_seconds,
+        "perf/tokens_per_second": state.tokens_done / state.train_seconds,
+        "perf/train_seconds": state.train_seconds,
+        "perf/seconds_to_first_step": state.first_step_at,
         "perf/num_workers": float(world),
-        "train/steps": float(step),
+        "train/steps": float(state.step),
+        "train/pairs_seen": float(state.pairs_done),
     }
-    _export(engine, tokenizer, cfg, rank, history, {**perf, "stop_reason": stop_reason})
+    _export(engine, tokenizer, cfg, rank, state.history, {**perf, "stop_reason": stop_reason})
+
+
+def _save_checkpoint(engine: Any, state: RunState, rank: int, metrics: dict[str, Any]) -> None:
+    """Every rank writes its DeepSpeed shards (model, optimizer, scheduler) and RNG; rank 0 the run
+    state. Ray merges the ranks' folders into one checkpoint."""
+    with tempfile.TemporaryDirectory() as tmp:
+        engine.save_checkpoint(tmp, tag="deepspeed")  # collective
+        torch.save(torch.get_rng_state(), os.path.join(tmp, f"rng_rank{rank}.pt"))
+        if rank == 0:
+            with open(os.path.join(tmp, "run_state.json"), "w") as f:
+                json.dump(asdict(state), f)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _restore(engine: Any, rank: int, resume_path: str | None) -> RunState:
+    """Load the latest Ray checkpoint (a restarted worker group) or ``resume_path`` (train.resume_from)."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and resume_path:
+        checkpoint = ray.train.Checkpoint.from_directory(resume_path)
+    if checkpoint is None:
+        return RunState()
+    with checkpoint.as_directory() as path:
+        engine.load_checkpoint(path, tag="deepspeed")
+        rng = os.path.join(path, f"rng_rank{rank}.pt")
+        if os.path.exists(rng):
+            torch.set_rng_state(torch.load(rng))
+        with open(os.path.join(path, "run_state.json")) as f:
+            state = RunState(**json.load(f))
+    if rank == 0:
+        print(f"[dpo_ray] resumed at step {state.step}", flush=True)
+    return state
 
 
 def _import_deepspeed(use_gpu: bool) -> Any:
@@ -131,16 +191,43 @@ def _import_deepspeed(use_gpu: bool) -> Any:
     return deepspeed
 
 
-def _micro_batches(shard: Any, cfg: Config, rank: int) -> Iterator[dict[str, np.ndarray]]:
-    """Endless micro-batches over epochs of this worker's shard (equal-sized shards, drop_last)."""
-    epoch = 0
+def _micro_batches(
+    dataset: Any, cfg: Config, rank: int, world: int, steps_per_epoch: int, start_step: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """Endless micro-batches for this rank, the same stream whatever the worker count.
+
+    Every rank reads the whole (unsplit, deterministically shuffled) train set in the same order;
+    from the second epoch on, micro-batches are permuted within windows by a seeded RNG, the same
+    on every rank. Global step s of an epoch covers micro-batches [s * A * W, (s + 1) * A * W)
+    (A accumulation steps, W workers) and rank r takes those with index = r mod W. So a global batch
+    is the same pairs for 1 or 2 workers, and a resumed run starts exactly after the last completed
+    step: no pair repeated or skipped.
+    """
+    per_step = cfg.train.gradient_accumulation_steps() * world
+    step = start_step
     while True:
-        yield from shard.iter_batches(
-            batch_size=cfg.train.micro_batch_size, batch_format="numpy", drop_last=True,
-            local_shuffle_buffer_size=cfg.train.micro_batch_size * 16,
-            local_shuffle_seed=cfg.train.seed + 1000 * epoch + rank,
-        )
-        epoch += 1
+        epoch, in_epoch = divmod(step, steps_per_epoch)
+        first, end = in_epoch * per_step, steps_per_epoch * per_step
+        batches = dataset.iter_batches(batch_size=cfg.train.micro_batch_size, batch_format="numpy", drop_last=True)
+        if epoch > 0:
+            batches = _window_shuffle(batches, np.random.default_rng(cfg.train.seed + epoch), window=32)
+        for index, batch in enumerate(batches):
+            if index >= end:
+                break
+            if index >= first and index % world == rank:
+                yield batch
+        step = (epoch + 1) * steps_per_epoch
+
+
+def _window_shuffle(batches: Iterator[Any], rng: np.random.Generator, window: int) -> Iterator[Any]:
+    """Permute consecutive windows of micro-batches (deterministic for a given rng seed)."""
+    buffer: list[Any] = []
+    for batch in batches:
+        buffer.append(batch)
+        if len(buffer) == window:
+            yield from (buffer[i] for i in rng.permutation(window))
+            buffer = []
+    yield from (buffer[i] for i in rng.permutation(len(buffer)))
 
 
 def _train_step(engine: Any, batches: Iterator[dict[str, np.ndarray]], cfg: Config, pad_id: int, device: torch.device):
@@ -158,12 +245,25 @@ def _train_step(engine: Any, batches: Iterator[dict[str, np.ndarray]], cfg: Conf
 
 
 @torch.no_grad()
-def _evaluate(engine: Any, shard: Any, cfg: Config, pad_id: int, device: torch.device) -> dict[str, float]:
+def _evaluate(engine: Any, dataset: Any, cfg: Config, pad_id: int, device: torch.device) -> dict[str, float]:
+    """Every eval pair exactly once: rank r takes micro-batches r, r + W, ...; ranks with one batch
+    fewer run a forward they do not count, so every rank runs as many forwards (ZeRO-3 gathers)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
     engine.eval()
     sums = torch.zeros(len(SUM_FIELDS), dtype=torch.float64, device=device)
-    for batch in shard.iter_batches(batch_size=cfg.train.micro_batch_size, batch_format="numpy"):
-        out = batch_objective(engine, batch, cfg.loss, pad_id=pad_id, device=device, chunk_size=cfg.train.logps_chunk_size)
-        sums += metric_sums(out.result, out.stats)
+    mine, first, total = [], None, 0
+    for index, batch in enumerate(dataset.iter_batches(batch_size=cfg.train.micro_batch_size, batch_format="numpy")):
+        first = batch if first is None else first
+        total = index + 1
+        if index % world == rank:
+            mine.append(batch)
+    rounds = -(-total // world)  # ceil
+    for i in range(rounds):
+        counted = i < len(mine)
+        out = batch_objective(engine, mine[i] if counted else first, cfg.loss, pad_id=pad_id, device=device,
+                              chunk_size=cfg.train.logps_chunk_size)
+        if counted:
+            sums += metric_sums(out.result, out.stats)
     dist.all_reduce(sums)
     engine.train()
     metrics = finalize(sums, "eval/")

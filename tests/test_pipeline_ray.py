@@ -179,3 +179,56 @@ def test_non_finite_loss_stops_without_a_model(tiny_model_dir: str, pairs_jsonl:
     assert summary["train/skipped_steps"] >= 1 and summary["stop_reason"] == "max_steps"
     model = AutoModelForCausalLM.from_pretrained(skip / "model")
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def _fault_overrides(model_dir: str, data: str, out: Path, **extra: object) -> list[str]:
+    return small_overrides(model_dir, data, str(out), **{
+        "train.max_steps": 6, "train.checkpoint_every": 2, "train.lr_scheduler": "constant", "train.eval_every": 3,
+        **extra})
+
+
+def _history(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics_history.jsonl").read_text().splitlines()]
+
+
+def test_killed_worker_and_resumed_run_match_an_uninterrupted_run(tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path) -> None:
+    from ray.train import TrainingFailedError
+
+    clean = run(load_config(None, _fault_overrides(tiny_model_dir, pairs_jsonl, tmp_path / "clean")))
+
+    # A worker process dies at step 3 (after the step-2 checkpoint); Ray replaces the group, which
+    # resumes from the checkpoint and replays steps 3.. on exactly the same pairs.
+    faulted = run(load_config(None, _fault_overrides(tiny_model_dir, pairs_jsonl, tmp_path / "fault", **{"train.max_failures": 1})),
+                  fault_injection={"crash_at_step": 3, "crash_marker": str(tmp_path / "crashed-1")})
+    assert (tmp_path / "crashed-1").exists()
+    for key in ("train/steps", "train/pairs_seen", "eval/num_pairs"):
+        assert faulted[key] == clean[key], key
+    assert faulted["train/loss"] == pytest.approx(clean["train/loss"], abs=1e-5)
+    assert faulted["eval/loss"] == pytest.approx(clean["eval/loss"], abs=1e-5)
+    assert [h["step"] for h in _history(tmp_path / "fault")] == [h["step"] for h in _history(tmp_path / "clean")]
+
+    # The same crash without restarts stops the run; train.resume_from continues it to the end.
+    with pytest.raises(TrainingFailedError):
+        run(load_config(None, _fault_overrides(tiny_model_dir, pairs_jsonl, tmp_path / "stopped")),
+            fault_injection={"crash_at_step": 3, "crash_marker": str(tmp_path / "crashed-2")})
+    assert not (tmp_path / "stopped" / "model").exists()
+    resumed = run(load_config(None, _fault_overrides(tiny_model_dir, pairs_jsonl, tmp_path / "resumed",
+                                                     **{"train.resume_from": str(tmp_path / "stopped")})))
+    assert resumed["train/steps"] == clean["train/steps"] and resumed["train/pairs_seen"] == clean["train/pairs_seen"]
+    assert resumed["train/loss"] == pytest.approx(clean["train/loss"], abs=1e-5)
+    assert resumed["eval/loss"] == pytest.approx(clean["eval/loss"], abs=1e-5)
+
+
+def test_one_and_two_workers_follow_the_same_trajectory(tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path) -> None:
+    # batch 16 = micro 8 x 2 workers x 1 step = micro 8 x 1 worker x 2 accumulation steps: the same
+    # pairs in every global batch (train_loop._micro_batches), so the same losses.
+    runs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        runs[workers] = run(load_config(None, small_overrides(tiny_model_dir, pairs_jsonl, str(out), **{
+            "train.num_workers": workers, "train.micro_batch_size": 8, "train.eval_every": 4})))
+    h1, h2 = _history(tmp_path / "w1"), _history(tmp_path / "w2")
+    for a, b in zip(h1, h2):
+        if "train/loss" in a:
+            assert a["train/loss"] == pytest.approx(b["train/loss"], abs=1e-5), a["step"]
+    assert runs[1]["eval/loss"] == pytest.approx(runs[2]["eval/loss"], abs=1e-5)
