@@ -26,7 +26,8 @@ def _machine(m: dict[str, Any]) -> str:
 
 def main() -> None:
     lines = ["# Benchmark results", "",
-             "Written by `python bench/report.py` from `bench/results/*.json`; each section names its command.", ""]
+             "Written by `python bench/report.py` from `bench/results/*.json`; each section names its command,",
+             "the machine, versions and date, and how it was measured.", ""]
     for path in sorted(RESULTS.glob("*.json")):
         data = json.loads(path.read_text())
         lines += [f"## {path.stem}", "", f"Machine: {_machine(data['machine'])}", ""]
