@@ -22,6 +22,24 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class LoraConfig:
+    r: int = 0
+    """LoRA rank; 0 trains all weights."""
+    alpha: int = 16
+    """LoRA scaling numerator (lora_alpha)."""
+    dropout: float = 0.0
+    """Dropout on the LoRA branch."""
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    """Module names that get adapters (PEFT's target_modules)."""
+    export: Literal["merged", "adapter"] = "merged"
+    """model/ holds the merged full model, or only the adapter (load it over the base with PEFT)."""
+
+    def __post_init__(self) -> None:
+        if self.r < 0 or self.alpha < 1 or not 0.0 <= self.dropout < 1.0 or not self.target_modules:
+            raise ConfigError("model.lora: need r >= 0, alpha >= 1, dropout in [0, 1) and at least one target module")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name_or_path: str = "pipelines/assets/tiny-llama"
     """Hub id (e.g. Qwen/Qwen2.5-0.5B-Instruct) or a local directory saved with save_pretrained."""
@@ -33,6 +51,8 @@ class ModelConfig:
     """Zero every dropout probability, as TRL's DPOTrainer does by default."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA through PEFT (model.lora.r > 0); the frozen base is the reference model."""
 
 
 @dataclass(frozen=True)
@@ -314,6 +334,10 @@ class Config:
     """Where model/, metrics.json, config.yaml and Ray's run files go."""
     overwrite_output_dir: bool = False
     """Replace the results of an earlier run in output_dir; without it such a run stops at once."""
+
+    def __post_init__(self) -> None:
+        if self.model.lora.r > 0 and self.train.zero_stage == 3:
+            raise ConfigError("model.lora with train.zero_stage=3 is not supported yet; use ZeRO 0-2 (LoRA's states are small)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

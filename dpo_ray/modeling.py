@@ -48,3 +48,11 @@ def load_model(
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
     return model
+
+
+def add_lora(model: PreTrainedModel, *, r: int, alpha: int, dropout: float, target_modules: list[str]) -> Any:
+    """Wrap ``model`` with PEFT LoRA adapters; only the adapters train."""
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
+                                            target_modules=list(target_modules), task_type="CAUSAL_LM"))

@@ -24,7 +24,7 @@ from transformers import get_scheduler
 from dpo_ray.config import Config, from_dict
 from dpo_ray.ds_config import build_ds_config
 from dpo_ray.metrics import SUM_FIELDS, finalize, metric_sums
-from dpo_ray.modeling import load_model, load_tokenizer, resolve_dtype
+from dpo_ray.modeling import add_lora, load_model, load_tokenizer, resolve_dtype
 from dpo_ray.objective import batch_objective
 from dpo_ray.stopping import Stopper
 
@@ -66,8 +66,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                        disable_dropout=cfg.model.disable_dropout)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    lora = cfg.model.lora
+    if lora.r > 0:
+        model = add_lora(model, r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.target_modules)
     # A torch optimizer: DeepSpeed then JIT-builds no FusedAdam (RAY-DEEPSPEED-NOTES.md).
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
     scheduler = get_scheduler(SCHEDULERS[cfg.train.lr_scheduler], optimizer,
                               num_warmup_steps=cfg.train.warmup_steps(steps), num_training_steps=steps)
     engine, _, _, scheduler = deepspeed.initialize(
@@ -282,7 +286,12 @@ def _export(engine: Any, tokenizer: Any, cfg: Config, rank: int, history: list[d
         checkpoint = None
         if rank == 0:
             model_dir = os.path.join(tmp, "model")
-            engine.module.save_pretrained(model_dir, state_dict=state_dict)
+            if cfg.model.lora.r > 0 and cfg.model.lora.export == "adapter":
+                engine.module.save_pretrained(model_dir)  # adapter_config.json + adapter weights
+            elif cfg.model.lora.r > 0:
+                engine.module.merge_and_unload().save_pretrained(model_dir)  # end of training: merge in place
+            else:
+                engine.module.save_pretrained(model_dir, state_dict=state_dict)
             tokenizer.save_pretrained(model_dir)
             with open(os.path.join(tmp, "history.json"), "w") as f:
                 json.dump(history, f)

@@ -71,12 +71,13 @@ def test_unknown_key_is_one_line_and_fast(tmp_path: Path) -> None:
 
 def test_bad_row_is_one_clear_line(tmp_path: Path, tiny_model_dir: str) -> None:
     data = tmp_path / "bad.jsonl"
-    data.write_text('{"prompt": "p", "chosen": "c", "rejected": "r"}\n{"prompt": "p", "chosen": ["c"], "rejected": "r"}\n')
+    data.write_text('{"prompt": "p", "chosen": "c", "rejected": "r"}\n{"prompt": "p", "chosen": 7, "rejected": "r"}\n')
     out = tmp_path / "run"
     proc = _run(small_overrides(tiny_model_dir, str(data), str(out)))
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("dpo_ray: error:")]
-    assert errors == [f"dpo_ray: error: {data}:2: 'chosen' is list, expected a string"]
+    assert errors == [f"dpo_ray: error: 1 of 2 rows dropped (50.0% > data.max_drop_fraction=0.05): non_string 1 "
+                      f"(e.g. {data}:2: 'chosen' is int, expected a string); see {out / 'data_report.json'}"]
     assert "Traceback" not in proc.stderr
     assert not (out / "model").exists()
 

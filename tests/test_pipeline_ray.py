@@ -232,3 +232,25 @@ def test_one_and_two_workers_follow_the_same_trajectory(tiny_model_dir: str, pai
         if "train/loss" in a:
             assert a["train/loss"] == pytest.approx(b["train/loss"], abs=1e-5), a["step"]
     assert runs[1]["eval/loss"] == pytest.approx(runs[2]["eval/loss"], abs=1e-5)
+
+
+@pytest.mark.parametrize("export", ["merged", "adapter"])
+def test_lora_run_exports_a_model_that_generates(export: str, tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path) -> None:
+    out = tmp_path / "lora"
+    summary = run(load_config(None, [*small_overrides(tiny_model_dir, pairs_jsonl, str(out), **{"train.learning_rate": 5e-3}),
+                                     "model.lora.r=4", "model.lora.target_modules=[q_proj,v_proj]", f"model.lora.export={export}"]))
+    assert abs(summary["initial_eval/loss"] - math.log(2)) < 1e-4  # the frozen base is the reference
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    if export == "merged":
+        model = AutoModelForCausalLM.from_pretrained(out / "model")
+        trained, start = model.state_dict(), base.state_dict()
+        changed = {k for k in start if not torch.equal(trained[k], start[k])}
+        assert changed and all("q_proj" in k or "v_proj" in k for k in changed)  # only adapted weights moved
+    else:
+        from peft import PeftModel
+
+        assert (out / "model" / "adapter_config.json").exists()
+        model = PeftModel.from_pretrained(base, out / "model")
+    ids = torch.tensor([[1, 20, 21, 22]])
+    generated = model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert generated.shape == (1, 9)
