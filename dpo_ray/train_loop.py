@@ -41,9 +41,8 @@ class RunState:
     pairs_done: int = 0
     tokens_done: int = 0
     first_step_at: float = 0.0
-    skipped_steps: int = 0
-    best: float | None = None
-    evals_without_improvement: int = 0
+    stopper: dict[str, Any] = field(default_factory=dict)
+    """Early-stopping and skip counters (Stopper's fields other than the config), filled at save time."""
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -79,16 +78,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     )
 
     state = _restore(engine, rank, loop_config.get("resume_path"))
-    stopper = Stopper(cfg.train, best=state.best, evals_without_improvement=state.evals_without_improvement,
-                      skipped_steps=state.skipped_steps)
+    stopper = Stopper(cfg.train, **state.stopper)
     train_batches = _micro_batches(ray.train.get_dataset_shard("train"), cfg, rank, world, steps_per_epoch, state.step)
     eval_shard = ray.train.get_dataset_shard("eval")
 
     def log(metrics: dict[str, Any], step: int, checkpoint: bool = False) -> None:
         state.history.append({"step": float(step), **metrics})
-        state.best, state.evals_without_improvement = stopper.best, stopper.evals_without_improvement
-        state.skipped_steps = stopper.skipped_steps
         if checkpoint:
+            state.stopper = {"best": stopper.best, "evals_without_improvement": stopper.evals_without_improvement,
+                             "skipped_steps": stopper.skipped_steps}
             _save_checkpoint(engine, state, rank, state.history[-1])
         else:
             ray.train.report(state.history[-1])  # a barrier: every rank reports on the same steps
@@ -277,39 +275,42 @@ def _evaluate(engine: Any, dataset: Any, cfg: Config, pad_id: int, device: torch
 
 def _export(engine: Any, tokenizer: Any, cfg: Config, rank: int, history: list[dict[str, float]], perf: dict[str, Any]) -> None:
     """Gather the weights (all ZeRO stages), save an HF model on rank 0, report it as the final checkpoint."""
+    lora = cfg.model.lora
+    state_dict = None
     if cfg.train.zero_stage == 3:
         state_dict = engine._zero3_consolidated_16bit_state_dict()  # collective: every rank calls it
-    else:
-        state_dict = engine.module.state_dict()
+
+    def write(tmp: str) -> None:
+        model_dir = os.path.join(tmp, "model")
+        if lora.r > 0 and lora.export == "adapter":
+            engine.module.save_pretrained(model_dir)  # adapter_config.json + adapter weights
+        elif lora.r > 0:
+            engine.module.merge_and_unload().save_pretrained(model_dir)  # end of training: merge in place
+        else:
+            engine.module.save_pretrained(model_dir, state_dict=state_dict)  # None: the module's own weights
+        tokenizer.save_pretrained(model_dir)
+        with open(os.path.join(tmp, "config.yaml"), "w") as f:
+            f.write(cfg.to_yaml())
+
     final = {**{k: v for row in history for k, v in row.items() if k != "step"}, **perf}
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = None
-        if rank == 0:
-            model_dir = os.path.join(tmp, "model")
-            if cfg.model.lora.r > 0 and cfg.model.lora.export == "adapter":
-                engine.module.save_pretrained(model_dir)  # adapter_config.json + adapter weights
-            elif cfg.model.lora.r > 0:
-                engine.module.merge_and_unload().save_pretrained(model_dir)  # end of training: merge in place
-            else:
-                engine.module.save_pretrained(model_dir, state_dict=state_dict)
-            tokenizer.save_pretrained(model_dir)
-            with open(os.path.join(tmp, "history.json"), "w") as f:
-                json.dump(history, f)
-            with open(os.path.join(tmp, "config.yaml"), "w") as f:
-                f.write(cfg.to_yaml())
-            checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(final, checkpoint=checkpoint)
+    _final_report(rank, history, final, write)
 
 
 def _report_failure(rank: int, history: list[dict[str, float]], step: int) -> None:
     """The final report of a run stopped by a non-finite loss: history only, no model."""
+    _final_report(rank, history, {"stop_reason": "non_finite", "train/steps": float(step)}, lambda tmp: None)
+
+
+def _final_report(rank: int, history: list[dict[str, float]], metrics: dict[str, Any], write: Any) -> None:
+    """Last ray.train.report of the run: rank 0's checkpoint holds history.json and what ``write`` adds."""
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank == 0:
+            write(tmp)
             with open(os.path.join(tmp, "history.json"), "w") as f:
                 json.dump(history, f)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report({"stop_reason": "non_finite", "train/steps": float(step)}, checkpoint=checkpoint)
+        ray.train.report(metrics, checkpoint=checkpoint)
 
 
 def _now(device: torch.device) -> float:
