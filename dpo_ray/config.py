@@ -45,6 +45,9 @@ class ModelConfig:
     """Hub id (e.g. Qwen/Qwen2.5-0.5B-Instruct) or a local directory saved with save_pretrained."""
     revision: str | None = None
     """Hub revision (branch, tag or commit); ignored for local directories."""
+    trust_remote_code: bool = False
+    """Run modelling/tokenizer code shipped with a hub repo. Off unless set explicitly: it executes
+    code from the repo on every worker."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Weights dtype for training: auto is bfloat16 on GPU (with train.bf16) and float32 on CPU."""
     disable_dropout: bool = True
@@ -251,6 +254,8 @@ class TrainConfig:
     """Ray Train workers (one DeepSpeed rank each)."""
     cpus_per_worker: int = 1
     """CPUs each worker reserves; also its torch thread count."""
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    """Ray placement of the worker group: PACK fills a node first, SPREAD puts workers on different nodes."""
     use_gpu: bool = False
     """One GPU per worker, NCCL, and bf16 when train.bf16 is on."""
     bf16: bool = True

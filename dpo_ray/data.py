@@ -207,10 +207,10 @@ class TokenizeRows:
     """Callable class for Ray Data's map_batches: loads the tokenizer once per actor."""
 
     def __init__(self, name_or_path: str, revision: str | None, max_length: int, max_prompt_length: int | None,
-                 truncation_mode: str, eval_fraction: float) -> None:
+                 truncation_mode: str, eval_fraction: float, trust_remote_code: bool = False) -> None:
         from dpo_ray.modeling import load_tokenizer  # transformers import only where tokenizing happens
 
-        self.tokenizer = load_tokenizer(name_or_path, revision)
+        self.tokenizer = load_tokenizer(name_or_path, revision, trust_remote_code)
         self.bos_id = self.tokenizer.bos_token_id if tokenizer_adds_bos(self.tokenizer) else None
         self.lengths = {"max_length": max_length, "max_prompt_length": max_prompt_length, "truncation_mode": truncation_mode}
         self.eval_fraction = eval_fraction

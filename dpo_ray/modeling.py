@@ -20,9 +20,9 @@ def resolve_dtype(name: str, *, on_gpu: bool, bf16: bool = True) -> torch.dtype:
     return DTYPES[name]
 
 
-def load_tokenizer(name_or_path: str, revision: str | None = None) -> Any:
+def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False) -> Any:
     """Tokenizer with a pad token (EOS stands in where the tokenizer has none, as TRL does)."""
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision)
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
     if tokenizer.eos_token_id is None:
         raise ValueError(f"model.name_or_path={name_or_path}: tokenizer has no EOS token; DPO appends EOS to completions")
     if tokenizer.pad_token_id is None:
@@ -37,12 +37,14 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     disable_dropout: bool = True,
     device_map: str | None = None,
+    trust_remote_code: bool = False,
 ) -> PreTrainedModel:
     """Causal LM in ``dtype``; dropout zeroed when asked (TRL's disable_dropout default).
 
     ``device_map="auto"`` spreads the layers over the visible GPUs (needs accelerate).
     """
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, revision=revision, dtype=dtype, device_map=device_map)
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, revision=revision, dtype=dtype, device_map=device_map,
+                                                 trust_remote_code=trust_remote_code)
     if disable_dropout:
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):

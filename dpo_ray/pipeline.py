@@ -119,6 +119,7 @@ def tokenize(cfg: Config, rows: ray.data.Dataset) -> ray.data.Dataset:
         TokenizeRows,
         fn_constructor_kwargs={
             "name_or_path": cfg.model.name_or_path, "revision": cfg.model.revision, "max_length": d.max_length,
+            "trust_remote_code": cfg.model.trust_remote_code,
             "max_prompt_length": d.max_prompt_length, "truncation_mode": d.truncation_mode,
             "eval_fraction": d.eval_fraction,
         },
@@ -189,7 +190,7 @@ def score_reference(cfg: Config, pairs: ray.data.Dataset, crash_marker: str | No
         ReferenceScorer,
         fn_constructor_kwargs={
             "name_or_path": cfg.model.name_or_path, "revision": cfg.model.revision,
-            "dtype": ref.dtype, "use_gpu": ref.num_gpus_per_actor > 0,
+            "dtype": ref.dtype, "use_gpu": ref.num_gpus_per_actor > 0, "trust_remote_code": cfg.model.trust_remote_code,
             "crash_marker": crash_marker, "crash_at_call": crash_at_call,
         },
         compute=ray.data.ActorPoolStrategy(min_size=ref.min_actors, max_size=ref.max_actors),
@@ -220,7 +221,8 @@ def build_trainer(cfg: Config, train_ds: ray.data.Dataset, eval_ds: ray.data.Dat
         train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), **loop_extra},
         scaling_config=ScalingConfig(
-            num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker}
+            num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker},
+            placement_strategy=t.placement_strategy,
         ),
         run_config=RunConfig(
             name=f"train-{time.strftime('%Y%m%d-%H%M%S')}",

@@ -19,18 +19,18 @@ class ReferenceScorer:
     """Loads the frozen reference model once per actor; adds ref_chosen_logps / ref_rejected_logps."""
 
     def __init__(self, name_or_path: str, revision: str | None, dtype: str, use_gpu: bool,
-                 crash_marker: str | None = None, crash_at_call: int = 0) -> None:
+                 crash_marker: str | None = None, crash_at_call: int = 0, trust_remote_code: bool = False) -> None:
         # Test hook for the fault test: the first actor to reach call ``crash_at_call`` creates
         # ``crash_marker`` and dies; Ray restarts the actor and retries its batch.
         self.crash_marker, self.crash_at_call, self.calls = crash_marker, crash_at_call, 0
         self.device = torch.device("cuda" if use_gpu else "cpu")
-        self.pad_id = load_tokenizer(name_or_path, revision).pad_token_id
+        self.pad_id = load_tokenizer(name_or_path, revision, trust_remote_code).pad_token_id
         # An actor given several GPUs (reference.num_gpus_per_actor > 1) spreads the layers over
         # them (accelerate's device_map), for a reference model larger than one GPU.
         spread = use_gpu and torch.cuda.device_count() > 1
         self.model = load_model(
             name_or_path, revision=revision, dtype=resolve_dtype(dtype, on_gpu=use_gpu), disable_dropout=True,
-            device_map="auto" if spread else None,
+            device_map="auto" if spread else None, trust_remote_code=trust_remote_code,
         )
         if not spread:
             self.model.to(self.device)

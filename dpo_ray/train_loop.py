@@ -58,11 +58,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         torch.cuda.set_device(device)
     loop_start = time.perf_counter()
 
-    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.revision)
+    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.revision, cfg.model.trust_remote_code)
     pad_id = tokenizer.pad_token_id
     dtype = resolve_dtype(cfg.model.dtype, on_gpu=cfg.train.use_gpu, bf16=cfg.train.bf16)
     model = load_model(cfg.model.name_or_path, revision=cfg.model.revision, dtype=dtype,
-                       disable_dropout=cfg.model.disable_dropout)
+                       disable_dropout=cfg.model.disable_dropout, trust_remote_code=cfg.model.trust_remote_code)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     lora = cfg.model.lora
