@@ -99,6 +99,11 @@ class DataConfig:
     """Ray Data actors that tokenize in parallel (each holds one tokenizer)."""
     tokenize_batch_size: int = 256
     """Rows per tokenization batch."""
+    cache_dir: str | None = "~/.cache/dpo_ray/tokenized"
+    """Tokenized rows are kept here (Parquet) under a key hashed from the input files' contents, the
+    tokenizer (vocab, chat template), the format and the length settings; a rerun with the same key
+    skips tokenization. A local path, s3:// or gs://; null turns the cache off. A hub dataset is
+    cached only with data.revision pinned (a branch may move)."""
 
     def __post_init__(self) -> None:
         if self.max_length < 4:

@@ -23,6 +23,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from dpo_ray.formats import RowDrop, normalize_record
+from dpo_ray.ref_cache import file_sha256
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 ROW_FIELDS = ("prompt", "chosen", "rejected", "kind", "source", "drop_reason", "drop_detail", "error")
@@ -82,6 +83,31 @@ def expand_paths(path: str) -> list[str]:
     if wrong:
         raise DataError(f"{wrong[0]}: unsupported file type; use {', '.join(SUFFIXES)}")
     return files
+
+
+def input_identity(path: str, *, split: str, subset: str | None, revision: str | None) -> dict[str, Any] | None:
+    """What the input data is, by content: each local file's SHA-256 (a saved dataset's files too),
+    a remote file's size and modification time, a hub dataset's id and pinned revision.
+    None when the input cannot be pinned (a hub dataset without data.revision)."""
+    kind = source_kind(path)
+    if kind == "hub":
+        return {"hub": path, "split": split, "subset": subset, "revision": revision} if revision else None
+    if kind == "saved_dataset":
+        files = sorted(os.path.relpath(os.path.join(d, n), path) for d, _, names in os.walk(path) for n in names)
+        return {"saved_dataset": {f: file_sha256(os.path.join(path, f)) for f in files}, "split": split}
+    ident: dict[str, Any] = {}
+    for f in expand_paths(path):
+        if is_remote(f):
+            import pyarrow.fs as pafs
+
+            fs, inner = pafs.FileSystem.from_uri(f)
+            infos = [fs.get_file_info(inner)]
+            if infos[0].type == pafs.FileType.Directory:
+                infos = [i for i in fs.get_file_info(pafs.FileSelector(inner, recursive=True)) if i.type == pafs.FileType.File]
+            ident.update({f"{f}::{i.path}": f"size={i.size} mtime={i.mtime_ns}" for i in infos})
+        else:
+            ident[os.path.abspath(f)] = file_sha256(f)
+    return {"files": ident}
 
 
 def parse_file(path: str, content: bytes, *, fmt: str, columns: dict[str, str]) -> list[dict[str, Any]]:

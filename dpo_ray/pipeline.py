@@ -23,7 +23,7 @@ from ray.train.torch import TorchTrainer
 
 from dpo_ray.config import Config, ConfigError, resolve_paths
 from dpo_ray.data import (
-    DataError, TokenizeRows, expand_paths, is_saved_dataset, load_hf_table, normalize_table, parse_file, source_kind,
+    DataError, TokenizeRows, expand_paths, input_identity, is_saved_dataset, load_hf_table, normalize_table, parse_file, source_kind,
 )
 from dpo_ray.data_report import build_data_report
 from dpo_ray.objective import REF_COLUMNS
@@ -91,10 +91,47 @@ def _start_ray() -> None:
 
 def prepare_pairs(cfg: Config, out: Path) -> tuple[ray.data.Dataset, dict[str, int], list[str]]:
     """Read, normalise, tokenize and validate: the usable pairs (materialized), counts, row hashes."""
-    tokenized = tokenize(cfg, read_rows(cfg)).materialize()
+    tokenized, cache_hit = tokenized_rows(cfg)
     counts, duplicates, row_hashes = _validate_rows(tokenized, cfg, out)
+    counts["data/tokenize_cache_hit"] = cache_hit
     kept = tokenized.filter(lambda row: row["drop_reason"] == "" and row["source"] not in duplicates)
     return kept.select_columns(CACHE_COLUMNS).materialize(), counts, row_hashes
+
+
+def tokenized_key(cfg: Config) -> tuple[str, dict[str, Any]] | None:
+    """The tokenized-rows cache key: input contents, tokenizer identity, format and length settings.
+    None when the input cannot be pinned (see data.input_identity)."""
+    d = cfg.data
+    inputs = input_identity(d.path, split=d.split, subset=d.subset, revision=d.revision)
+    if inputs is None:
+        return None
+    parts = {
+        "inputs": inputs, "tokenizer": model_identity(cfg.model.name_or_path, cfg.model.revision)["tokenizer"],
+        "format": d.format, "columns": d.column_map(), "eval_fraction": d.eval_fraction,
+        "lengths": {"max_length": d.max_length, "max_prompt_length": d.max_prompt_length, "truncation_mode": d.truncation_mode},
+        "stage": "tokenized",
+    }
+    return cache_key(parts), parts
+
+
+def tokenized_rows(cfg: Config) -> tuple[ray.data.Dataset, float]:
+    """Every row read and tokenized (drops and errors included), materialized; read from the
+    tokenized cache when its key matches (1.0 = hit), else computed and committed for later runs."""
+    keyed = tokenized_key(cfg) if cfg.data.cache_dir else None
+    store = CacheStore(cfg.data.cache_dir) if keyed else None
+    manifest = store.read_manifest(keyed[0]) if store else None
+    if manifest is not None:
+        rows = ray.data.read_parquet(manifest["data_uri"]).materialize()
+        if rows.count() == manifest["rows"]:
+            print(f"data: tokenized cache hit ({keyed[0]}): tokenization skipped", flush=True)
+            return rows, 1.0
+    rows = tokenize(cfg, read_rows(cfg)).materialize()
+    if store is not None:
+        data_uri = store.new_data_uri(keyed[0])
+        rows.write_parquet(data_uri)
+        store.commit(keyed[0], {"rows": rows.count(), "data_uri": data_uri, "parts": keyed[1],
+                                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return rows, 0.0
 
 
 def read_rows(cfg: Config) -> ray.data.Dataset:

@@ -29,13 +29,20 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "tokenizer.model", "vocab.json", "merges.txt")
 
 
+def file_sha256(path: str | Path, digest: Any = None) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB chunks (or fed into ``digest``)."""
+    digest = digest or hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _hash_files(directory: Path, names: list[str]) -> str:
     digest = hashlib.sha256()
     for name in sorted(names):
         digest.update(name.encode())
-        with open(directory / name, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
+        file_sha256(directory / name, digest)
     return digest.hexdigest()
 
 

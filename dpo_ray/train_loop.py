@@ -57,6 +57,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     loop_start = time.perf_counter()
+    worker_nodes: list[Any] = [None] * world  # Ray node id of each rank, in rank order: placement shows in metrics.json
+    dist.all_gather_object(worker_nodes, ray.get_runtime_context().get_node_id())
 
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.revision, cfg.model.trust_remote_code)
     pad_id = tokenizer.pad_token_id
@@ -142,6 +144,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         "perf/train_seconds": state.train_seconds,
         "perf/seconds_to_first_step": state.first_step_at,
         "perf/num_workers": float(world),
+        "placement/worker_nodes": worker_nodes,
         "train/steps": float(state.step),
         "train/pairs_seen": float(state.pairs_done),
     }

@@ -48,6 +48,7 @@ def small_overrides(model_dir: str, data_path: str, output_dir: str, **extra: ob
         "train.max_steps": 4, "train.batch_size": 16, "train.micro_batch_size": 4,
         "train.num_workers": 2, "train.eval_every": 2, "train.logging_steps": 1,
         "output_dir": output_dir, "reference.cache_dir": f"{output_dir}-refcache",
+        "data.cache_dir": f"{output_dir}-datacache",
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]

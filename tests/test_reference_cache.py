@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import small_overrides
 from dpo_ray.config import load_config
-from dpo_ray.pipeline import _validate_rows, read_rows, reference_key, reference_stage, score_reference, tokenize
+from dpo_ray.pipeline import prepare_pairs, reference_key, reference_stage, score_reference
 from dpo_ray.ref_cache import CacheStore
 
 pytestmark = pytest.mark.ray
@@ -28,10 +28,8 @@ def ray_local():
 
 
 def _prepare(cfg, out: Path):
-    tokenized = tokenize(cfg, read_rows(cfg)).materialize()
-    _, duplicates, hashes = _validate_rows(tokenized, cfg, out)
-    kept = tokenized.filter(lambda r: r["drop_reason"] == "" and r["source"] not in duplicates)
-    return kept.select_columns(["row_id", "row_hash", "split_key", "seq_len", "prompt_ids", "chosen_ids", "rejected_ids"]), hashes
+    kept, _, hashes = prepare_pairs(cfg, out)
+    return kept, hashes
 
 
 def _by_row(ds) -> dict[str, np.ndarray]:
@@ -122,3 +120,37 @@ def test_scoring_survives_a_killed_actor(tiny_model_dir, pairs_jsonl, tmp_path) 
     got = _by_row(faulty)
     assert faulty.count() == len(got) == len(hashes)  # complete, exactly one entry per row
     assert all(np.allclose(got[k], clean[k], atol=1e-9) for k in clean)
+
+
+def test_tokenized_cache_hit_and_every_input_changes_the_key(tiny_model_dir, pairs_jsonl, tmp_path, monkeypatch) -> None:
+    import dpo_ray.pipeline
+    from dpo_ray.pipeline import tokenized_key
+
+    data = tmp_path / "pairs.jsonl"
+    shutil.copy(pairs_jsonl, data)
+    cfg = load_config(None, small_overrides(tiny_model_dir, str(data), str(tmp_path / "run")))
+    _, counts, hashes = prepare_pairs(cfg, tmp_path / "run")
+    assert counts["data/tokenize_cache_hit"] == 0.0
+
+    def no_tokenizing(*args, **kwargs):
+        raise AssertionError("a warm tokenized cache must not tokenize")
+
+    with monkeypatch.context() as m:
+        m.setattr(dpo_ray.pipeline, "tokenize", no_tokenizing)
+        _, again, hashes_again = prepare_pairs(cfg, tmp_path / "run")
+    assert again["data/tokenize_cache_hit"] == 1.0 and sorted(hashes_again) == sorted(hashes)
+    assert {k: v for k, v in again.items() if k != "data/tokenize_cache_hit"} == {k: v for k, v in counts.items() if k != "data/tokenize_cache_hit"}
+
+    key = tokenized_key(cfg)[0]
+    for override in ("data.max_length=40", "data.truncation_mode=keep_start", "data.eval_fraction=0.2", "data.format=standard"):
+        changed = load_config(None, small_overrides(tiny_model_dir, str(data), str(tmp_path / "run"), **dict([override.split("=")])))
+        assert tokenized_key(changed)[0] != key, override
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    tok_cfg = json.loads((model / "tokenizer_config.json").read_text())
+    tok_cfg["chat_template"] = "{{ messages[0]['content'] }}"
+    (model / "tokenizer_config.json").write_text(json.dumps(tok_cfg))
+    assert tokenized_key(load_config(None, small_overrides(str(model), str(data), str(tmp_path / "run"))))[0] != key
+    with data.open("a") as f:
+        f.write(json.dumps({"prompt": "p?", "chosen": "yes", "rejected": "no"}) + "\n")
+    assert tokenized_key(cfg)[0] != key
