@@ -358,26 +358,36 @@ class Config:
 
 def from_dict(raw: dict[str, Any]) -> Config:
     """Build a Config from nested plain data, checking every key and type."""
-    return _build(Config, raw, prefix="")
+    return build_group(Config, raw, prefix="")
 
 
 def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> Config:
     """YAML file (optional) + dotted ``key=value`` overrides -> validated Config."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        text = _read_text(Path(path))
-        loaded = yaml.safe_load(text)
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of config groups")
-        raw = loaded
-    for item in overrides or []:
+    raw = read_yaml(path) if path is not None else {}
+    for key, value in parse_overrides(overrides or []):
+        set_dotted(raw, key, value)
+    return from_dict(raw)
+
+
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A config file's top-level mapping (empty for an empty file)."""
+    loaded = yaml.safe_load(_read_text(Path(path)))
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of config groups")
+    return loaded
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    """``key=value`` strings -> (dotted key, YAML-parsed value)."""
+    parsed = []
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override '{item}': expected key=value, e.g. loss.beta=0.05")
-        _set_dotted(raw, key.strip(), yaml.safe_load(value) if value.strip() else "")
-    return from_dict(raw)
+        parsed.append((key.strip(), yaml.safe_load(value) if value.strip() else ""))
+    return parsed
 
 
 def resolve_paths(config: Config) -> Config:
@@ -405,7 +415,7 @@ def _read_text(path: Path) -> str:
     return path.read_text()
 
 
-def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     node = raw
     for part in parts[:-1]:
@@ -416,7 +426,8 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _build(cls: type, raw: Any, prefix: str) -> Any:
+def build_group(cls: type, raw: Any, prefix: str) -> Any:
+    """A config dataclass from plain data; errors name ``prefix`` + the key."""
     where = prefix.rstrip(".") or "config"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
@@ -434,7 +445,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         tp = hints[name]
         key = f"{prefix}{name}"
         if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, raw[name], prefix=f"{key}.")
+            kwargs[name] = build_group(tp, raw[name], prefix=f"{key}.")
         else:
             kwargs[name] = _coerce(raw[name], tp, key)
     return cls(**kwargs)

@@ -11,8 +11,9 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -38,11 +39,20 @@ TOKEN_COLUMNS = ["row_id", "prompt_ids", "chosen_ids", "rejected_ids"]
 CACHE_COLUMNS = ["row_id", "row_hash", "split_key", "seq_len", "prompt_ids", "chosen_ids", "rejected_ids"]
 
 
-def run(config: Config, fault_injection: dict[str, Any] | None = None) -> dict[str, Any]:
+def run(
+    config: Config,
+    fault_injection: dict[str, Any] | None = None,
+    *,
+    run_name: str | None = None,
+    callbacks: Callable[[dict[str, Any]], list[Any]] | None = None,
+    prepared: Prepared | None = None,
+) -> dict[str, Any]:
     """Run the whole job; returns the summary that is also written to metrics.json.
 
     ``fault_injection`` ({"crash_at_step": N, "crash_marker": path}) is the fault test's hook: the
-    last worker dies once at step N.
+    last worker dies once at step N. A sweep trial passes a stable Train ``run_name``,
+    ``callbacks(stage_stats)`` -> Ray Train callbacks (its report to Tune), and, when the trials
+    share one data and reference stage, the ``prepared`` datasets.
     """
     cfg = resolve_paths(config)
     out = Path(cfg.output_dir)
@@ -50,27 +60,50 @@ def run(config: Config, fault_injection: dict[str, Any] | None = None) -> dict[s
     resume_path = find_checkpoint(cfg.train.resume_from) if cfg.train.resume_from else None
     _start_ray()
     started = time.perf_counter()
-    kept, counts, row_hashes = prepare_pairs(cfg, out)
+    if prepared is None:
+        prepared = prepare_datasets(cfg)
+    else:  # this run scored and tokenized nothing: it reads what the shared stage prepared
+        prepared = Prepared(prepared.train, prepared.eval, {
+            **prepared.stats, "data/tokenize_cache_hit": 1.0, "ref/seconds": 0.0,
+            "ref/cache_hit": 0.0 if prepared.stats["ref/skipped"] else 1.0,
+        })
+    train_pairs = prepared.stats["data/train_pairs"]
+    loop_extra = {
+        "total_steps": total_steps(cfg.train, train_pairs),
+        "steps_per_epoch": train_pairs // cfg.train.batch_size,
+        "resume_path": resume_path,
+        **(fault_injection or {}),
+    }
+    trainer = build_trainer(cfg, prepared.train, prepared.eval, loop_extra, run_name=run_name,
+                            callbacks=callbacks(prepared.stats) if callbacks else None)
+    result = trainer.fit()
+
+    run_stats = {**prepared.stats, "perf/total_seconds": time.perf_counter() - started}
+    return _write_outputs(cfg, out, result, run_stats)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What the data and reference stages hand to training: materialized datasets and their stats."""
+
+    train: ray.data.Dataset
+    eval: ray.data.Dataset
+    stats: dict[str, Any]
+
+
+def prepare_datasets(cfg: Config) -> Prepared:
+    """Data stage, reference stage (cached), train/eval split, the seeded train order. ``cfg`` is resolved."""
+    kept, counts, row_hashes = prepare_pairs(cfg, Path(cfg.output_dir))
     if cfg.loss.reference_free():
         scored, ref_stats = kept, {"ref/skipped": 1.0, "ref/cache_hit": 0.0, "ref/seconds": 0.0}
     else:
         scored, ref_stats = reference_stage(cfg, kept, row_hashes)
-
     columns = TOKEN_COLUMNS + ([] if cfg.loss.reference_free() else list(REF_COLUMNS))
     eval_fraction = cfg.data.eval_fraction
     train_ds = scored.filter(lambda row: row["split_key"] >= eval_fraction).select_columns(columns)
     train_ds = deterministic_shuffle(train_ds, cfg.train.seed).materialize()
     eval_ds = scored.filter(lambda row: row["split_key"] < eval_fraction).select_columns(columns).materialize()
-    loop_extra = {
-        "total_steps": total_steps(cfg.train, counts["data/train_pairs"]),
-        "steps_per_epoch": counts["data/train_pairs"] // cfg.train.batch_size,
-        "resume_path": resume_path,
-        **(fault_injection or {}),
-    }
-    result = build_trainer(cfg, train_ds, eval_ds, loop_extra).fit()
-
-    run_stats = {**counts, **ref_stats, "perf/total_seconds": time.perf_counter() - started}
-    return _write_outputs(cfg, out, result, run_stats)
+    return Prepared(train_ds, eval_ds, {**counts, **ref_stats})
 
 
 def precompute_reference(config: Config) -> dict[str, Any]:
@@ -249,7 +282,8 @@ def deterministic_shuffle(ds: ray.data.Dataset, seed: int) -> ray.data.Dataset:
     return ds.map_batches(add_key, batch_format="numpy").sort("_order").drop_columns(["_order"])
 
 
-def build_trainer(cfg: Config, train_ds: ray.data.Dataset, eval_ds: ray.data.Dataset, loop_extra: dict[str, Any]) -> TorchTrainer:
+def build_trainer(cfg: Config, train_ds: ray.data.Dataset, eval_ds: ray.data.Dataset, loop_extra: dict[str, Any],
+                  *, run_name: str | None = None, callbacks: list[Any] | None = None) -> TorchTrainer:
     """One TorchTrainer. Both datasets go whole to every worker, which takes its strided share of
     each global batch (train_loop._micro_batches, _evaluate): the same pairs in the same order in
     every run and for any worker count, so restarts replay exactly and no eval pair is dropped."""
@@ -262,10 +296,11 @@ def build_trainer(cfg: Config, train_ds: ray.data.Dataset, eval_ds: ray.data.Dat
             placement_strategy=t.placement_strategy,
         ),
         run_config=RunConfig(
-            name=f"train-{time.strftime('%Y%m%d-%H%M%S')}",
+            name=run_name or f"train-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=str(Path(cfg.output_dir) / "ray"),
             checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep),
             failure_config=FailureConfig(max_failures=t.max_failures),
+            callbacks=callbacks,
         ),
         datasets={"train": train_ds, "eval": eval_ds},
         dataset_config=DataConfig(datasets_to_split=[]),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -42,3 +44,28 @@ def write_tensorboard(history: list[dict[str, float]], log_dir: Path) -> Path:
                 if name != "step" and isinstance(value, (int, float)):
                     writer.add_scalar(name, value, step)
     return log_dir
+
+
+def plot_sweep(rows: list[dict[str, Any]], keys: list[str], metric: str, path: Path) -> Path:
+    """The objective over one or two searched keys (beta x learning rate, typically): each trial a
+    point coloured and labelled by its value; log axes where the values span a decade or more."""
+    points = [r for r in rows if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])]
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    xs = [r[keys[0]] for r in points]
+    ys = [r[keys[1]] for r in points] if len(keys) > 1 else [r[metric] for r in points]
+    values = [r[metric] for r in points]
+    shown = ax.scatter(xs, ys, c=values, cmap="viridis", s=140, edgecolors="black")
+    for x, y, v in zip(xs, ys, values):
+        ax.annotate(f"{v:.3g}", (x, y), textcoords="offset points", xytext=(0, 9), ha="center", fontsize=8)
+    for axis, data, set_scale in ((keys[0], xs, ax.set_xscale), (keys[1] if len(keys) > 1 else None, ys, ax.set_yscale)):
+        if axis and data and min(data) > 0 and max(data) / min(data) >= 10:
+            set_scale("log")
+    ax.set_xlabel(keys[0])
+    ax.set_ylabel(keys[1] if len(keys) > 1 else metric)
+    fig.colorbar(shown, ax=ax, label=metric)
+    ax.set_title(f"{metric} per trial")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
