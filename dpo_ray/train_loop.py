@@ -174,7 +174,7 @@ def _restore(engine: Any, rank: int, resume_path: str | None) -> RunState:
         engine.load_checkpoint(path, tag="deepspeed")
         rng = os.path.join(path, f"rng_rank{rank}.pt")
         if os.path.exists(rng):
-            torch.set_rng_state(torch.load(rng))
+            torch.set_rng_state(torch.load(rng, weights_only=True))
         with open(os.path.join(path, "run_state.json")) as f:
             state = RunState(**json.load(f))
     if rank == 0:

@@ -3,39 +3,29 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from _cluster import local_cluster, ray_env
 from conftest import REPO, small_overrides
 
 pytestmark = pytest.mark.e2e
 SCRIPT = str(REPO / "pipelines" / "dpo.py")
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 def _run(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, SCRIPT, *args], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, SCRIPT, *args], cwd=REPO, env=ray_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def test_precompute_then_quickstart_hits_the_cache(tmp_path: Path) -> None:
     # The shipped quickstart config, model and data; fewer steps to keep the suite short.
     out, cache = tmp_path / "qs", tmp_path / "refcache"
     pre = subprocess.run([sys.executable, str(REPO / "pipelines" / "precompute_ref.py"), f"reference.cache_dir={cache}",
-                          f"output_dir={out}"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+                          f"output_dir={out}"], cwd=REPO, env=ray_env(), capture_output=True, text=True, timeout=600)
     assert pre.returncode == 0, pre.stderr[-3000:]
     assert "reference: scored and cached (" in pre.stdout
     assert not (out / "model").exists()
@@ -82,40 +72,11 @@ def test_bad_row_is_one_clear_line(tmp_path: Path, tiny_model_dir: str) -> None:
     assert not (out / "model").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture()
+@pytest.fixture
 def ray_head() -> Iterator[dict[str, str]]:
-    """`ray start --head --block` on 127.0.0.1 in its own process group, stopped afterwards even on failure."""
-    temp_dir = tempfile.mkdtemp(prefix="dpr-", dir="/tmp")  # short: Ray's socket paths have a length limit
-    port, dash = _free_port(), _free_port()
-    env = {**_env(), "RAY_AUTH_MODE": "token"}  # token auth stays on (RAY-DEEPSPEED-NOTES.md)
-    log = open(Path(temp_dir) / "head.log", "w")
-    head = subprocess.Popen(
-        ["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={temp_dir}", "--include-dashboard=true"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        address = f"http://127.0.0.1:{dash}"
-        deadline = time.time() + 120
-        while subprocess.run(["ray", "job", "list", "--address", address], env=env, capture_output=True).returncode != 0:
-            assert head.poll() is None, (Path(temp_dir) / "head.log").read_text()[-2000:]
-            assert time.time() < deadline, "ray head did not come up in 120 s"
-            time.sleep(2)
-        yield {"address": address, **env}
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)  # the head drains, then stops the processes it started
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
-        log.close()
+    """A one-node `ray start --head` on 127.0.0.1 (tests/_cluster.py), stopped afterwards even on failure."""
+    with local_cluster([{}], num_cpus=2) as cluster:
+        yield {"address": cluster.address, **cluster.env}
 
 
 def test_ray_job_submit(ray_head: dict[str, str], tmp_path: Path) -> None:
