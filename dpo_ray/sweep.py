@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import shutil
 import time
@@ -39,6 +40,19 @@ SHOWN = ("eval/rewards/accuracies", "eval/rewards/margins", "eval/loss", "train/
 
 class SweepInterrupted(RuntimeError):
     """The sweep stopped before every trial finished; it can be resumed."""
+
+
+class _InterruptWatch(logging.Handler):
+    """Sees Tune's "Experiment has been interrupted" warning: after a Ctrl+C, Tuner.fit() returns
+    normally and marks the stopped trials TERMINATED in memory (RUNNING in the saved state, which
+    --resume reruns), so the warning is the one sign that the sweep did not finish."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen = self.seen or "has been interrupted" in record.getMessage()
 
 
 class EvalToTune(UserCallback):
@@ -109,16 +123,22 @@ def run_sweep(base: Config, settings: TuneSettings, *, resume: bool = False) -> 
             trainable,
             param_space=_param_space(settings),
             tune_config=tune.TuneConfig(
-                metric=settings.metric, mode=mode, search_alg=_searcher(settings, mode), scheduler=_scheduler(settings),
-                num_samples=settings.samples(), max_concurrent_trials=max_concurrent(cfg, settings),
+                metric=settings.metric, mode=mode, search_alg=_searcher(settings, mode, max_concurrent(cfg, settings)),
+                scheduler=_scheduler(settings), num_samples=settings.samples(),
             ),
             run_config=tune.RunConfig(name="tune", storage_path=str(out)),
         )
-    grid = tuner.fit()
+    interrupt = _InterruptWatch()
+    logging.getLogger("ray.tune.tune").addHandler(interrupt)
+    try:
+        grid = tuner.fit()
+    finally:
+        logging.getLogger("ray.tune.tune").removeHandler(interrupt)
     trials = grid._experiment_analysis.trials  # same order as the ResultGrid's results
     unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
-    if unfinished:
-        raise SweepInterrupted(f"sweep stopped with {len(trials) - len(unfinished)} of {len(trials)} trials finished; "
+    if interrupt.seen or unfinished:
+        done = sum(1 for t in trials if (out / "trials" / t.trial_id / "metrics.json").exists())
+        raise SweepInterrupted(f"sweep interrupted with {done} of {len(trials)} trials finished; "
                                f"continue it with: python pipelines/sweep.py --resume {out}")
     rows = [_trial_row(out, settings, trial, result) for trial, result in zip(trials, grid)]
     return _write_outputs(out, settings, rows, time.perf_counter() - started)
@@ -144,12 +164,15 @@ def _param_space(settings: TuneSettings) -> dict[str, Any]:
     return {key: domain(spec) for key, spec in settings.search_space.items()}
 
 
-def _searcher(settings: TuneSettings, mode: str) -> Any:
+def _searcher(settings: TuneSettings, mode: str, concurrent: int) -> Any:
+    """The search algorithm, limited to ``concurrent`` running trials (TuneConfig.max_concurrent_trials
+    is ignored when a BasicVariantGenerator is passed in, so the limit goes here)."""
     if settings.searcher == "optuna":
+        from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
 
-        return OptunaSearch(metric=settings.metric, mode=mode, seed=settings.seed)  # TPE sampler
-    return tune.search.BasicVariantGenerator(random_state=settings.seed)
+        return ConcurrencyLimiter(OptunaSearch(metric=settings.metric, mode=mode, seed=settings.seed), concurrent)  # TPE
+    return tune.search.BasicVariantGenerator(random_state=settings.seed, max_concurrent=concurrent)
 
 
 def _scheduler(settings: TuneSettings) -> Any:
