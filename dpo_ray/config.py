@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -69,6 +70,27 @@ class ColumnsConfig:
 
 
 @dataclass(frozen=True)
+class SourceConfig:
+    name: str
+    """Short name ([A-Za-z0-9_.-]); eval metrics per source are eval/<name>/..."""
+    path: str
+    """As data.path: files, a glob, a saved dataset directory, s3:// or gs://, or a hub id."""
+    weight: float = 1.0
+    """Share of the train stream: source s fills weight_s / sum(weights) of every epoch."""
+    split: str = "train"
+    subset: str | None = None
+    revision: str | None = None
+    eval: bool = False
+    """Held out whole for evaluation (then no source is split by prompt hash)."""
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            raise ConfigError(f"data.sources name {self.name!r}: use letters, digits, _ . - (it names eval/<name>/ metrics)")
+        if not self.weight > 0:
+            raise ConfigError(f"data.sources {self.name}: weight={self.weight} must be > 0")
+
+
+@dataclass(frozen=True)
 class DataConfig:
     path: str = "pipelines/assets/quickstart_pairs.jsonl"
     """JSONL/JSON/Parquet/CSV file, directory or glob; s3:// or gs:// URI; a directory saved by
@@ -95,6 +117,13 @@ class DataConfig:
     """Stop before training when more than this share of rows is dropped (see data_report.json)."""
     dedup: bool = True
     """Drop exact duplicate pairs (same prompt, chosen and rejected), keeping the first."""
+    sources: list[SourceConfig] = field(default_factory=list)
+    """A mixture: several sources ({name, path, weight, split, subset, revision, eval}) in place of
+    data.path. Each epoch has as many train pairs as all sources together; source s fills
+    weight_s / sum(weights) of it: a source with fewer pairs than its share is repeated (every pair
+    floor(r) times, plus once more for a seeded-hash-chosen fraction of pairs), a larger one is
+    subsampled the same way, so the stream samples sources in proportion without replacement
+    within each pass over a source. Eval metrics are also reported per source."""
     tokenize_actors: int = 1
     """Ray Data actors that tokenize in parallel (each holds one tokenizer)."""
     tokenize_batch_size: int = 256
@@ -116,6 +145,11 @@ class DataConfig:
             raise ConfigError(f"data.max_drop_fraction={self.max_drop_fraction}: must be in [0, 1]")
         if self.tokenize_actors < 1 or self.tokenize_batch_size < 1:
             raise ConfigError("data.tokenize_actors and data.tokenize_batch_size must be >= 1")
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"data.sources: names must be unique, got {names}")
+        if self.sources and all(s.eval for s in self.sources):
+            raise ConfigError("data.sources: every source is eval: true; mark at least one as a train source")
 
     def column_map(self) -> dict[str, str]:
         return dataclasses.asdict(self.columns)
@@ -394,17 +428,20 @@ def resolve_paths(config: Config) -> Config:
     """Make local paths absolute so workers with another cwd find them; hub ids stay as given."""
     from dpo_ray.data import looks_like_hub_id  # data imports pyarrow; config stays light to import
 
+    def local(path: str) -> str:
+        if "://" not in path and (os.path.exists(path) or not looks_like_hub_id(path)):
+            return os.path.abspath(path)
+        return path
+
     model_path = config.model.name_or_path
     if Path(model_path).exists():
         model_path = str(Path(model_path).resolve())
-    data_path = config.data.path
-    if "://" not in data_path and (os.path.exists(data_path) or not looks_like_hub_id(data_path)):
-        data_path = os.path.abspath(data_path)
+    sources = [dataclasses.replace(s, path=local(s.path)) for s in config.data.sources]
     output_dir = config.output_dir if "://" in config.output_dir else os.path.abspath(config.output_dir)
     return dataclasses.replace(
         config,
         model=dataclasses.replace(config.model, name_or_path=model_path),
-        data=dataclasses.replace(config.data, path=data_path),
+        data=dataclasses.replace(config.data, path=local(config.data.path), sources=sources),
         output_dir=output_dir,
     )
 
@@ -475,6 +512,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, list):
             value = [value]
         return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return build_group(tp, value, prefix=f"{key}.")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is float and isinstance(value, str):

@@ -190,9 +190,9 @@ def is_eval_prompt(prompt: str, eval_fraction: float) -> bool:
     return split_key(prompt) < eval_fraction
 
 
-def row_hash(rid: str, prompt_ids: list[int], chosen_ids: list[int], rejected_ids: list[int]) -> str:
-    """Hash of a tokenized pair: the unit of the reference cache's data key."""
-    payload = json.dumps([rid, list(prompt_ids), list(chosen_ids), list(rejected_ids)]).encode()
+def row_hash(rid: str, prompt_ids: list[int], chosen_ids: list[int], rejected_ids: list[int], mixture: int = 0) -> str:
+    """Hash of a tokenized pair and its source index: the unit of the reference cache's data key."""
+    payload = json.dumps([rid, list(prompt_ids), list(chosen_ids), list(rejected_ids)] + ([mixture] if mixture else [])).encode()
     return hashlib.sha256(payload).hexdigest()[:32]
 
 
@@ -233,20 +233,24 @@ class TokenizeRows:
     """Callable class for Ray Data's map_batches: loads the tokenizer once per actor."""
 
     def __init__(self, name_or_path: str, revision: str | None, max_length: int, max_prompt_length: int | None,
-                 truncation_mode: str, eval_fraction: float, trust_remote_code: bool = False) -> None:
+                 truncation_mode: str, eval_fraction: float, trust_remote_code: bool = False,
+                 eval_sources: tuple[int, ...] = ()) -> None:
         from dpo_ray.modeling import load_tokenizer  # transformers import only where tokenizing happens
 
         self.tokenizer = load_tokenizer(name_or_path, revision, trust_remote_code)
         self.bos_id = self.tokenizer.bos_token_id if tokenizer_adds_bos(self.tokenizer) else None
         self.lengths = {"max_length": max_length, "max_prompt_length": max_prompt_length, "truncation_mode": truncation_mode}
         self.eval_fraction = eval_fraction
+        self.eval_sources = set(eval_sources)  # explicit eval sources: no prompt-hash split at all
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out: dict[str, list[Any]] = {k: [] for k in (
             "row_id", "row_hash", "source", "error", "drop_reason", "drop_detail", "warning", "split_key", "is_eval",
-            "seq_len", "prompt_ids", "chosen_ids", "rejected_ids",
+            "seq_len", "prompt_ids", "chosen_ids", "rejected_ids", "mixture",
         )}
+        mixtures = batch["mixture"] if "mixture" in batch else np.zeros(len(batch["source"]), dtype=np.int64)
         for i in range(len(batch["source"])):
+            mixture = int(mixtures[i])
             row = {k: str(batch[k][i]) for k in ROW_FIELDS}
             ids, warning = self._ids(row) if not (row["error"] or row["drop_reason"]) else (None, "")
             drop = row["drop_reason"] or ("" if row["error"] or ids is not None else "prompt_too_long")
@@ -255,13 +259,16 @@ class TokenizeRows:
             p, c, r = ids if ids is not None else ([], [], [])
             rid = row_id(row["prompt"], row["chosen"], row["rejected"])
             out["row_id"].append(rid)
-            out["row_hash"].append(row_hash(rid, p, c, r))
+            out["row_hash"].append(row_hash(rid, p, c, r, mixture))
+            out["mixture"].append(mixture)
             out["source"].append(row["source"])
             out["error"].append(row["error"])
             out["drop_reason"].append(drop)
             out["drop_detail"].append(row["drop_detail"] or (f"{row['source']}: {drop}" if drop else ""))
             out["warning"].append(warning)
             key = split_key(row["prompt"])
+            if self.eval_sources:
+                key = 0.0 if mixture in self.eval_sources else 1.0
             out["split_key"].append(key)
             out["is_eval"].append(key < self.eval_fraction)
             out["seq_len"].append(len(p) + max(len(c), len(r)))  # padded width this pair needs

@@ -21,15 +21,21 @@ METRIC_NAMES = (
 )
 
 
-def metric_sums(result: PreferenceLoss, stats: SequenceStats) -> torch.Tensor:
-    """One micro-batch -> SUM_FIELDS vector (float64, on the losses' device)."""
+def metric_sums(result: PreferenceLoss, stats: SequenceStats, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """One micro-batch -> SUM_FIELDS vector (float64, on the losses' device); only the pairs where
+    ``mask`` is true, when given (per-source eval metrics)."""
     chosen_logps, rejected_logps = split_pairs(stats.logps.detach())
     chosen_logits, rejected_logits = split_pairs(stats.logits_sum)
     chosen_tokens, rejected_tokens = split_pairs(stats.num_tokens)
-    rc, rr = result.chosen_rewards, result.rejected_rewards
+    rc, rr, losses = result.chosen_rewards, result.rejected_rewards, result.losses.detach()
+    if mask is not None:
+        rc, rr, losses = rc[mask], rr[mask], losses[mask]
+        chosen_logps, rejected_logps = chosen_logps[mask], rejected_logps[mask]
+        chosen_logits, rejected_logits = chosen_logits[mask], rejected_logits[mask]
+        chosen_tokens, rejected_tokens = chosen_tokens[mask], rejected_tokens[mask]
     values = [
         float(rc.shape[0]),
-        result.losses.detach().sum(),
+        losses.sum(),
         rc.sum(),
         rr.sum(),
         (rc > rr).float().sum(),  # strict: ties count 0, as TRL

@@ -35,8 +35,8 @@ from dpo_ray.reference import ReferenceScorer
 from dpo_ray.stopping import TrainingError, total_steps
 from dpo_ray.train_loop import train_loop_per_worker
 
-TOKEN_COLUMNS = ["row_id", "prompt_ids", "chosen_ids", "rejected_ids"]
-CACHE_COLUMNS = ["row_id", "row_hash", "split_key", "seq_len", "prompt_ids", "chosen_ids", "rejected_ids"]
+TOKEN_COLUMNS = ["row_id", "prompt_ids", "chosen_ids", "rejected_ids", "mixture"]
+CACHE_COLUMNS = ["row_id", "row_hash", "split_key", "seq_len", "prompt_ids", "chosen_ids", "rejected_ids", "mixture"]
 
 
 def run(
@@ -67,7 +67,7 @@ def run(
             **prepared.stats, "data/tokenize_cache_hit": 1.0, "ref/seconds": 0.0,
             "ref/cache_hit": 0.0 if prepared.stats["ref/skipped"] else 1.0,
         })
-    train_pairs = prepared.stats["data/train_pairs"]
+    train_pairs = prepared.stats["data/epoch_train_pairs"]
     loop_extra = {
         "total_steps": total_steps(cfg.train, train_pairs),
         "steps_per_epoch": train_pairs // cfg.train.batch_size,
@@ -101,9 +101,43 @@ def prepare_datasets(cfg: Config) -> Prepared:
     columns = TOKEN_COLUMNS + ([] if cfg.loss.reference_free() else list(REF_COLUMNS))
     eval_fraction = cfg.data.eval_fraction
     train_ds = scored.filter(lambda row: row["split_key"] >= eval_fraction).select_columns(columns)
-    train_ds = deterministic_shuffle(train_ds, cfg.train.seed).materialize()
+    if cfg.data.sources:
+        train_ds = train_ds.map_batches(
+            mixture_copies, fn_kwargs={"rates": mixture_rates(cfg, counts), "seed": cfg.train.seed}, batch_format="numpy")
+    train_ds = deterministic_shuffle(train_ds, cfg.train.seed, drop=("copy",) if cfg.data.sources else ()).materialize()
     eval_ds = scored.filter(lambda row: row["split_key"] < eval_fraction).select_columns(columns).materialize()
-    return Prepared(train_ds, eval_ds, {**counts, **ref_stats})
+    epoch_pairs = train_ds.count() if cfg.data.sources else counts["data/train_pairs"]
+    return Prepared(train_ds, eval_ds, {**counts, **ref_stats, "data/epoch_train_pairs": epoch_pairs})
+
+
+def mixture_rates(cfg: Config, counts: dict[str, Any]) -> list[float]:
+    """Copies per pair and epoch for each source: an epoch has as many pairs as all train sources
+    together, source s fills weight_s / sum(weights) of it."""
+    train = [s for s in cfg.data.sources if not s.eval]
+    total_pairs = sum(counts[f"data/sources/{s.name}/train_pairs"] for s in train)
+    total_weight = sum(s.weight for s in train)
+    rates = []
+    for s in cfg.data.sources:
+        pairs = counts[f"data/sources/{s.name}/train_pairs"]
+        if not s.eval and pairs == 0:
+            raise DataError(f"data.sources {s.name} ({s.path}): no usable train pairs; see data_report.json")
+        rates.append(0.0 if s.eval else total_pairs * s.weight / total_weight / pairs)
+    return rates
+
+
+def mixture_copies(batch: dict[str, np.ndarray], rates: list[float], seed: int) -> dict[str, np.ndarray]:
+    """Repeat each pair floor(rate) times, plus once for the pairs whose seeded hash falls below
+    frac(rate): deterministic, and no pair repeats before every pair of its source has appeared."""
+    seed_bytes = f"mix{seed}".encode()
+    copies = []
+    for rid, mix in zip(batch["row_id"], batch["mixture"]):
+        rate = rates[int(mix)]
+        u = int.from_bytes(hashlib.sha256(seed_bytes + str(rid).encode()).digest()[:8], "big") / 2.0**64
+        copies.append(int(rate) + (u < rate - int(rate)))
+    copies = np.asarray(copies, dtype=np.int64)
+    out = {k: np.repeat(v, copies, axis=0) for k, v in batch.items()}
+    out["copy"] = np.concatenate([np.arange(c) for c in copies]) if len(copies) else np.zeros(0, dtype=np.int64)
+    return out
 
 
 def precompute_reference(config: Config) -> dict[str, Any]:
@@ -135,7 +169,13 @@ def tokenized_key(cfg: Config) -> tuple[str, dict[str, Any]] | None:
     """The tokenized-rows cache key: input contents, tokenizer identity, format and length settings.
     None when the input cannot be pinned (see data.input_identity)."""
     d = cfg.data
-    inputs = input_identity(d.path, split=d.split, subset=d.subset, revision=d.revision)
+    if d.sources:
+        inputs: Any = [input_identity(s.path, split=s.split, subset=s.subset, revision=s.revision) for s in d.sources]
+        if None in inputs:
+            return None
+        inputs = [{**ident, "eval": s.eval} for ident, s in zip(inputs, d.sources)]
+    else:
+        inputs = input_identity(d.path, split=d.split, subset=d.subset, revision=d.revision)
     if inputs is None:
         return None
     parts = {
@@ -168,17 +208,27 @@ def tokenized_rows(cfg: Config) -> tuple[ray.data.Dataset, float]:
 
 
 def read_rows(cfg: Config) -> ray.data.Dataset:
-    """Any source -> normalised rows (prompt/chosen/rejected/kind/source/drop_reason/error), in Ray tasks."""
+    """Any source (or every source of a mixture) -> normalised rows (prompt/chosen/rejected/kind/
+    source/drop_reason/error, and ``mixture``: the index in data.sources), in Ray tasks."""
     d = cfg.data
-    kwargs = {"fmt": d.format, "columns": d.column_map()}
-    if source_kind(d.path) != "files":
-        table = load_hf_table(d.path, split=d.split, subset=d.subset, revision=d.revision)
+    if not d.sources:
+        return _read_source(cfg, d.path, d.split, d.subset, d.revision)
+    parts = [_read_source(cfg, s.path, s.split, s.subset, s.revision).map_batches(
+        lambda batch, i=i: {**batch, "mixture": np.full(len(batch["source"]), i, dtype=np.int64)}, batch_format="numpy")
+        for i, s in enumerate(d.sources)]
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+
+
+def _read_source(cfg: Config, path: str, split: str, subset: str | None, revision: str | None) -> ray.data.Dataset:
+    kwargs = {"fmt": cfg.data.format, "columns": cfg.data.column_map()}
+    if source_kind(path) != "files":
+        table = load_hf_table(path, split=split, subset=subset, revision=revision)
         table = table.append_column("__row", pa.array(range(table.num_rows), type=pa.int64()))
-        name = d.path if is_saved_dataset(d.path) else f"{d.path}[{d.split}]"
+        name = path if is_saved_dataset(path) else f"{path}[{split}]"
         return ray.data.from_arrow(table).map_batches(
             lambda batch: normalize_table(batch, name, **kwargs), batch_format="pyarrow"
         )
-    raw = ray.data.read_binary_files(expand_paths(d.path), include_paths=True)
+    raw = ray.data.read_binary_files(expand_paths(path), include_paths=True)
     return raw.flat_map(lambda rec: parse_file(rec["path"], rec["bytes"], **kwargs))
 
 
@@ -190,6 +240,7 @@ def tokenize(cfg: Config, rows: ray.data.Dataset) -> ray.data.Dataset:
         fn_constructor_kwargs={
             "name_or_path": cfg.model.name_or_path, "revision": cfg.model.revision, "max_length": d.max_length,
             "trust_remote_code": cfg.model.trust_remote_code,
+            "eval_sources": tuple(i for i, s in enumerate(d.sources) if s.eval),
             "max_prompt_length": d.max_prompt_length, "truncation_mode": d.truncation_mode,
             "eval_fraction": d.eval_fraction,
         },
@@ -270,16 +321,19 @@ def score_reference(cfg: Config, pairs: ray.data.Dataset, crash_marker: str | No
     )
 
 
-def deterministic_shuffle(ds: ray.data.Dataset, seed: int) -> ray.data.Dataset:
+def deterministic_shuffle(ds: ray.data.Dataset, seed: int, drop: tuple[str, ...] = ()) -> ray.data.Dataset:
     """Shuffle by sorting on a seeded hash of each row id: the same order in every run, whatever
     the block layout upstream (Ray's random_shuffle depends on it), so restarts replay exactly."""
     seed_bytes = str(seed).encode()
 
     def add_key(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        keys = [int.from_bytes(hashlib.sha256(seed_bytes + str(rid).encode()).digest()[:8], "big") >> 1 for rid in batch["row_id"]]
+        ids = [str(rid) for rid in batch["row_id"]]
+        if "copy" in batch:  # a repeated pair (mixture): each copy its own place
+            ids = [f"{rid}#{c}" for rid, c in zip(ids, batch["copy"])]
+        keys = [int.from_bytes(hashlib.sha256(seed_bytes + rid.encode()).digest()[:8], "big") >> 1 for rid in ids]
         return {**batch, "_order": np.asarray(keys, dtype=np.int64)}
 
-    return ds.map_batches(add_key, batch_format="numpy").sort("_order").drop_columns(["_order"])
+    return ds.map_batches(add_key, batch_format="numpy").sort("_order").drop_columns(["_order", *drop])
 
 
 def build_trainer(cfg: Config, train_ds: ray.data.Dataset, eval_ds: ray.data.Dataset, loop_extra: dict[str, Any],
@@ -334,7 +388,7 @@ def _validate_rows(tokenized: ray.data.Dataset, cfg: Config, out: Path) -> tuple
     row hashes of the kept pairs (the reference cache's data key).
     Only small per-row columns come to the driver.
     """
-    flags = tokenized.select_columns(["row_id", "row_hash", "source", "error", "drop_reason", "drop_detail", "warning", "is_eval"]).to_pandas()
+    flags = tokenized.select_columns(["row_id", "row_hash", "source", "error", "drop_reason", "drop_detail", "warning", "is_eval", "mixture"]).to_pandas()
     errors = flags[flags["error"] != ""]
     if len(errors):
         more = f" (and {len(errors) - 1} more files with errors)" if len(errors) > 1 else ""
@@ -359,6 +413,11 @@ def _validate_rows(tokenized: ray.data.Dataset, cfg: Config, out: Path) -> tuple
         **{f"data/dropped/{r}": n for r, n in report["dropped"].items()},
         **{f"data/warnings/{w}": n for w, n in report["warnings"].items()},
     }
+    kept = flags[flags["drop_reason"] == ""]
+    for i, source in enumerate(cfg.data.sources):
+        mine = kept[kept["mixture"] == i]
+        counts[f"data/sources/{source.name}/train_pairs"] = int((~mine["is_eval"]).sum())
+        counts[f"data/sources/{source.name}/eval_pairs"] = int(mine["is_eval"].sum())
     if counts["data/train_pairs"] < cfg.train.batch_size:
         raise DataError(f"data.path {cfg.data.path}: {counts['data/train_pairs']} train pairs, fewer than one batch (train.batch_size={cfg.train.batch_size}); add data or lower train.batch_size")
     if counts["data/eval_pairs"] < cfg.train.num_workers:

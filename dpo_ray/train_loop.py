@@ -255,7 +255,8 @@ def _evaluate(engine: Any, dataset: Any, cfg: Config, pad_id: int, device: torch
     fewer run a forward they do not count, so every rank runs as many forwards (ZeRO-3 gathers)."""
     rank, world = dist.get_rank(), dist.get_world_size()
     engine.eval()
-    sums = torch.zeros(len(SUM_FIELDS), dtype=torch.float64, device=device)
+    names = [s.name for s in cfg.data.sources]
+    sums = torch.zeros(1 + len(names), len(SUM_FIELDS), dtype=torch.float64, device=device)  # all, then per source
     mine, first, total = [], None, 0
     for index, batch in enumerate(dataset.iter_batches(batch_size=cfg.train.micro_batch_size, batch_format="numpy")):
         first = batch if first is None else first
@@ -268,11 +269,18 @@ def _evaluate(engine: Any, dataset: Any, cfg: Config, pad_id: int, device: torch
         out = batch_objective(engine, mine[i] if counted else first, cfg.loss, pad_id=pad_id, device=device,
                               chunk_size=cfg.train.logps_chunk_size)
         if counted:
-            sums += metric_sums(out.result, out.stats)
+            sums[0] += metric_sums(out.result, out.stats)
+            mixture = torch.as_tensor(np.asarray(mine[i]["mixture"], dtype=np.int64), device=device)
+            for s in range(len(names)):
+                sums[1 + s] += metric_sums(out.result, out.stats, mask=mixture == s)
     dist.all_reduce(sums)
     engine.train()
-    metrics = finalize(sums, "eval/")
-    metrics["eval/num_pairs"] = float(sums[0].item())
+    metrics = finalize(sums[0], "eval/")
+    metrics["eval/num_pairs"] = float(sums[0, 0].item())
+    for s, name in enumerate(names):
+        if sums[1 + s, 0] > 0:  # a source with eval pairs
+            metrics.update(finalize(sums[1 + s], f"eval/{name}/"))
+            metrics[f"eval/{name}/num_pairs"] = float(sums[1 + s, 0].item())
     return metrics
 
 

@@ -254,3 +254,49 @@ def test_lora_run_exports_a_model_that_generates(export: str, tiny_model_dir: st
     ids = torch.tensor([[1, 20, 21, 22]])
     generated = model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0)
     assert generated.shape == (1, 9)
+
+
+def _split_sources(pairs_jsonl: str, tmp_path: Path) -> tuple[Path, Path]:
+    lines = Path(pairs_jsonl).read_text().splitlines(keepends=True)
+    big, small = tmp_path / "big.jsonl", tmp_path / "small.jsonl"
+    big.write_text("".join(lines[:300]))
+    small.write_text("".join(lines[300:]))
+    return big, small
+
+
+def test_mixture_weights_and_per_source_eval(tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path) -> None:
+    from dpo_ray.config import resolve_paths
+    from dpo_ray.pipeline import prepare_datasets
+
+    big, small = _split_sources(pairs_jsonl, tmp_path)
+    out = tmp_path / "run"
+    sources = f"[{{name: big, path: {big}, weight: 1}}, {{name: small, path: {small}, weight: 3}}]"
+    cfg = load_config(None, small_overrides(tiny_model_dir, "unused", str(out), **{"data.sources": sources}))
+    prepared = prepare_datasets(resolve_paths(cfg))
+    s = prepared.stats
+    train_big, train_small = s["data/sources/big/train_pairs"], s["data/sources/small/train_pairs"]
+    assert train_big + train_small == s["data/train_pairs"] and train_big > 2 * train_small
+    mixture = prepared.train.to_pandas()["mixture"]
+    # An epoch has as many pairs as both sources; small fills 3/4 of it (each pair ~3 times), big 1/4.
+    assert abs(len(mixture) - s["data/train_pairs"]) <= 0.1 * s["data/train_pairs"]
+    assert (mixture == 1).mean() == pytest.approx(0.75, abs=0.06)
+    assert s["data/epoch_train_pairs"] == len(mixture)
+
+    summary = run(cfg)
+    for name in ("big", "small"):
+        assert math.isfinite(summary[f"eval/{name}/rewards/accuracies"])
+        assert summary[f"eval/{name}/num_pairs"] == s[f"data/sources/{name}/eval_pairs"] > 0
+    assert summary["eval/big/num_pairs"] + summary["eval/small/num_pairs"] == summary["eval/num_pairs"]
+
+
+def test_explicit_eval_source(tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path) -> None:
+    from dpo_ray.config import resolve_paths
+    from dpo_ray.pipeline import prepare_datasets
+
+    big, small = _split_sources(pairs_jsonl, tmp_path)
+    sources = f"[{{name: train, path: {big}}}, {{name: held, path: {small}, eval: true}}]"
+    cfg = load_config(None, small_overrides(tiny_model_dir, "unused", str(tmp_path / "run"), **{"data.sources": sources}))
+    prepared = prepare_datasets(resolve_paths(cfg))
+    assert set(prepared.train.to_pandas()["mixture"]) == {0} and set(prepared.eval.to_pandas()["mixture"]) == {1}
+    assert prepared.stats["data/sources/held/train_pairs"] == 0 and prepared.stats["data/sources/train/eval_pairs"] == 0
+    assert prepared.stats["data/eval_pairs"] == prepared.stats["data/sources/held/eval_pairs"] > 90

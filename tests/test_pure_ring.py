@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-PURE = ["config", "data", "collate", "logprobs", "losses", "metrics", "modeling", "ds_config", "toy", "summary", "reference"]
+PURE = ["config", "data", "collate", "logprobs", "losses", "metrics", "modeling", "ds_config", "toy", "summary", "reference", "sweep_config", "ref_cache", "plots"]
 
 
 @pytest.mark.parametrize("module", PURE)
@@ -19,7 +19,8 @@ def test_pure_module_does_not_import_ray(module: str) -> None:
 
 def test_orchestration_modules_import() -> None:
     import dpo_ray.pipeline
+    import dpo_ray.sweep
     import dpo_ray.train_loop
 
     assert callable(dpo_ray.train_loop.train_loop_per_worker)
-    assert callable(dpo_ray.pipeline.run)
+    assert callable(dpo_ray.pipeline.run) and callable(dpo_ray.sweep.run_sweep)
