@@ -170,7 +170,8 @@ class ReferenceConfig:
     cache_dir: str | None = "~/.cache/dpo_ray/reference"
     """Where scored pairs are kept by content key (local, NFS, s3:// or gs://); null turns caching off."""
     length_bucketing: bool = True
-    """Sort pairs by length before batching so each scoring batch pads little."""
+    """Sort pairs by length before batching, and within a batch score the chosen and rejected rows
+    in two length-sorted forwards, so each scoring batch pads little."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_actors <= self.max_actors:
@@ -319,6 +320,11 @@ class TrainConfig:
     """Worker-group restarts allowed; a restarted group resumes from the last checkpoint."""
     resume_from: str | None = None
     """A stopped run's output_dir (or one of its checkpoint folders) to continue, same worker count."""
+    group_by_length: bool = True
+    """Sort each window of length_group_window micro-batches' pairs by length before cutting them
+    into micro-batches (less padding), then shuffle those micro-batches (seeded, per epoch)."""
+    length_group_window: int = 32
+    """Micro-batches per length-grouping window."""
     logps_chunk_size: int | None = None
     """Apply the LM head this many positions at a time (recomputed in backward), so the full
     (2B, T, vocab) logits never exist at once; for large vocabularies. Off: one plain forward."""
@@ -328,7 +334,7 @@ class TrainConfig:
             "max_steps": self.max_steps, "batch_size": self.batch_size,
             "micro_batch_size": self.micro_batch_size, "num_workers": self.num_workers,
             "cpus_per_worker": self.cpus_per_worker, "eval_every": self.eval_every,
-            "logging_steps": self.logging_steps,
+            "logging_steps": self.logging_steps, "length_group_window": self.length_group_window,
         }
         for name, value in positive.items():
             if value < 1:

@@ -130,3 +130,33 @@ def split_pairs(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(2B,) -> chosen (B,), rejected (B,): collate_pairs puts chosen rows first."""
     half = values.shape[0] // 2
     return values[:half], values[half:]
+
+
+@torch.inference_mode()
+def sorted_sequence_stats(model: torch.nn.Module, batch: dict[str, torch.Tensor], rows_per_forward: int) -> tuple[SequenceStats, torch.Tensor]:
+    """Scoring without gradients: the (2B, T) rows of collate_pairs sorted by length and run
+    ``rows_per_forward`` at a time, each group cut to its own longest row, so a chosen row does
+    not pad to its longer rejected partner. Returns the stats in row order and each row's pad count.
+    Per-row results equal one plain forward's (right padding, causal attention)."""
+    lengths = batch["attention_mask"].sum(-1)
+    chosen_len, rejected_len = split_pairs(batch["completion_mask"][:, 1:].sum(-1))
+    shared = torch.minimum(chosen_len, rejected_len)
+    prefix = torch.cat([shared, shared])
+    order = torch.argsort(lengths, stable=True)
+    parts, pads = [], torch.zeros_like(lengths)
+    for start in range(0, len(order), rows_per_forward):
+        rows = order[start:start + rows_per_forward]
+        width = int(lengths[rows].max())
+        sub = {k: v[rows, :width] for k, v in batch.items()}
+        out = model(input_ids=sub["input_ids"], attention_mask=sub["attention_mask"], use_cache=False)
+        parts.append((rows, sequence_logps(out.logits, sub["input_ids"], sub["completion_mask"], prefix_lengths=prefix[rows])))
+        pads[rows] = width - lengths[rows]
+    fields = {}
+    for name in ("logps", "num_tokens", "logits_sum", "prefix_logps"):
+        first = getattr(parts[0][1], name)
+        merged = torch.empty((len(order),), dtype=first.dtype, device=first.device)
+        for rows, stats in parts:
+            merged[rows.to(first.device)] = getattr(stats, name)
+        fields[name] = merged
+    return SequenceStats(**fields), pads
+

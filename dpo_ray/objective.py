@@ -25,6 +25,8 @@ class BatchObjective:
     stats: SequenceStats
     num_tokens: int
     """Non-pad tokens in the (2B, T) batch."""
+    padded_tokens: int
+    """2B x T: the token slots the forward computed, pads included."""
 
 
 def batch_objective(
@@ -57,4 +59,5 @@ def batch_objective(
         orpo_lambda=loss.orpo_lambda, discopop_tau=loss.discopop_tau,
         chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths, pair_weights=pair_weights,
     )
-    return BatchObjective(result=result, stats=stats, num_tokens=count_tokens(tensors))
+    return BatchObjective(result=result, stats=stats, num_tokens=count_tokens(tensors),
+                          padded_tokens=int(tensors["attention_mask"].numel()))

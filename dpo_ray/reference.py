@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from dpo_ray.collate import collate_pairs
-from dpo_ray.logprobs import forward_sequence_stats, split_pairs
+from dpo_ray.logprobs import forward_sequence_stats, sorted_sequence_stats, split_pairs
 from dpo_ray.modeling import load_model, load_tokenizer, resolve_dtype
 
 
@@ -19,10 +19,12 @@ class ReferenceScorer:
     """Loads the frozen reference model once per actor; adds ref_chosen_logps / ref_rejected_logps."""
 
     def __init__(self, name_or_path: str, revision: str | None, dtype: str, use_gpu: bool,
-                 crash_marker: str | None = None, crash_at_call: int = 0, trust_remote_code: bool = False) -> None:
+                 crash_marker: str | None = None, crash_at_call: int = 0, trust_remote_code: bool = False,
+                 sort_rows: bool = True) -> None:
         # Test hook for the fault test: the first actor to reach call ``crash_at_call`` creates
         # ``crash_marker`` and dies; Ray restarts the actor and retries its batch.
         self.crash_marker, self.crash_at_call, self.calls = crash_marker, crash_at_call, 0
+        self.sort_rows = sort_rows
         self.device = torch.device("cuda" if use_gpu else "cpu")
         self.pad_id = load_tokenizer(name_or_path, revision, trust_remote_code).pad_token_id
         # An actor given several GPUs (reference.num_gpus_per_actor > 1) spreads the layers over
@@ -43,7 +45,11 @@ class ReferenceScorer:
             open(self.crash_marker, "w").close()
             os._exit(1)
         tensors = collate_pairs(batch["prompt_ids"], batch["chosen_ids"], batch["rejected_ids"], pad_id=self.pad_id)
-        stats = forward_sequence_stats(self.model, {k: v.to(self.device) for k, v in tensors.items()})
+        tensors = {k: v.to(self.device) for k, v in tensors.items()}
+        if self.sort_rows:  # two forwards of B length-sorted rows instead of one (2B, T)
+            stats, pads = sorted_sequence_stats(self.model, tensors, rows_per_forward=max(1, len(batch["prompt_ids"])))
+        else:
+            stats, pads = forward_sequence_stats(self.model, tensors), (tensors["attention_mask"] == 0).sum(-1)
         chosen, rejected = split_pairs(stats.logps.double().cpu())
         chosen_prefix, rejected_prefix = split_pairs(stats.prefix_logps.double().cpu())
         return {
@@ -52,5 +58,5 @@ class ReferenceScorer:
             # LD-DPO reads the shared-length prefix; keeping it makes the cache independent of alpha.
             "ref_chosen_prefix_logps": chosen_prefix.numpy(), "ref_rejected_prefix_logps": rejected_prefix.numpy(),
             # Pad tokens this row cost in its (2B, T) batch: the length-bucketing figure of merit.
-            "ref_pad_tokens": (tensors["attention_mask"] == 0).sum(-1).view(2, -1).sum(0).numpy(),
+            "ref_pad_tokens": pads.cpu().view(2, -1).sum(0).numpy(),
         }

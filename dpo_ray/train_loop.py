@@ -40,6 +40,8 @@ class RunState:
     train_seconds: float = 0.0
     pairs_done: int = 0
     tokens_done: int = 0
+    token_slots_done: int = 0
+    """Tokens computed including padding (perf/pad_fraction = 1 - tokens_done / token_slots_done)."""
     first_step_at: float = 0.0
     stopper: dict[str, Any] = field(default_factory=dict)
     """Early-stopping and skip counters (Stopper's fields other than the config), filled at save time."""
@@ -105,7 +107,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         state.step = step
         state.train_seconds += _now(device) - t0
         state.pairs_done += cfg.train.batch_size
-        state.tokens_done += int(tokens.item())
+        state.tokens_done += int(tokens[0].item())
+        state.token_slots_done += int(tokens[1].item())
         if step == 1:
             state.first_step_at = time.perf_counter() - loop_start
         train_metrics = finalize(sums, "train/")
@@ -141,6 +144,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     perf = {
         "perf/pairs_per_second": state.pairs_done / state.train_seconds,
         "perf/tokens_per_second": state.tokens_done / state.train_seconds,
+        "perf/pad_fraction": 1.0 - state.tokens_done / max(state.token_slots_done, 1),
         "perf/train_seconds": state.train_seconds,
         "perf/seconds_to_first_step": state.first_step_at,
         "perf/num_workers": float(world),
@@ -213,15 +217,32 @@ def _micro_batches(
     while True:
         epoch, in_epoch = divmod(step, steps_per_epoch)
         first, end = in_epoch * per_step, steps_per_epoch * per_step
-        batches = dataset.iter_batches(batch_size=cfg.train.micro_batch_size, batch_format="numpy", drop_last=True)
-        if epoch > 0:
-            batches = _window_shuffle(batches, np.random.default_rng(cfg.train.seed + epoch), window=32)
+        if cfg.train.group_by_length:
+            batches = _length_grouped(dataset, cfg.train.micro_batch_size, cfg.train.length_group_window,
+                                      np.random.default_rng([cfg.train.seed, epoch]))
+        else:
+            batches = dataset.iter_batches(batch_size=cfg.train.micro_batch_size, batch_format="numpy", drop_last=True)
+            if epoch > 0:
+                batches = _window_shuffle(batches, np.random.default_rng(cfg.train.seed + epoch), window=32)
         for index, batch in enumerate(batches):
             if index >= end:
                 break
             if index >= first and index % world == rank:
                 yield batch
         step = (epoch + 1) * steps_per_epoch
+
+
+def _length_grouped(dataset: Any, micro: int, window: int, rng: np.random.Generator) -> Iterator[dict[str, np.ndarray]]:
+    """Micro-batches of similar length: each window of ``window`` micro-batches' pairs (in the
+    seeded train order) is sorted by padded width and cut into micro-batches, which are then
+    permuted (seeded). A partial micro-batch at the end of the epoch is dropped."""
+    for block in dataset.iter_batches(batch_size=micro * window, batch_format="numpy"):
+        n = len(block["row_id"]) // micro * micro
+        widths = [len(p) + max(len(c), len(r)) for p, c, r in zip(block["prompt_ids"][:n], block["chosen_ids"][:n], block["rejected_ids"][:n])]
+        order = np.argsort(np.asarray(widths), kind="stable")
+        cuts = [order[i:i + micro] for i in range(0, n, micro)]
+        for j in rng.permutation(len(cuts)):
+            yield {k: v[cuts[j]] for k, v in block.items()}
 
 
 def _window_shuffle(batches: Iterator[Any], rng: np.random.Generator, window: int) -> Iterator[Any]:
@@ -238,14 +259,15 @@ def _window_shuffle(batches: Iterator[Any], rng: np.random.Generator, window: in
 def _train_step(engine: Any, batches: Iterator[dict[str, np.ndarray]], cfg: Config, pad_id: int, device: torch.device):
     """One optimizer step = gradient_accumulation_steps micro-batches; returns local metric sums."""
     sums = torch.zeros(len(SUM_FIELDS), dtype=torch.float64, device=device)
-    tokens = torch.zeros(1, dtype=torch.int64, device=device)
+    tokens = torch.zeros(2, dtype=torch.int64, device=device)  # real tokens, token slots (pads included)
     for _ in range(cfg.train.gradient_accumulation_steps()):
         out = batch_objective(engine, next(batches), cfg.loss, pad_id=pad_id, device=device,
                               chunk_size=cfg.train.logps_chunk_size)
         engine.backward(out.result.losses.mean())  # DeepSpeed divides by the accumulation steps
         engine.step()  # steps the optimizer and scheduler only at the accumulation boundary
         sums += metric_sums(out.result, out.stats)
-        tokens += out.num_tokens
+        tokens[0] += out.num_tokens
+        tokens[1] += out.padded_tokens
     return sums, tokens
 
 

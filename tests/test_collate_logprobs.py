@@ -67,3 +67,22 @@ def test_chunked_logps_match_the_plain_path_with_gradients(tiny_model_dir: str) 
         assert torch.allclose(getattr(plain, field), getattr(chunked, field), atol=1e-5), field
     assert g_plain.keys() == g_chunked.keys()
     assert all(torch.allclose(g_plain[n], g_chunked[n], atol=1e-5) for n in g_plain)
+
+
+def test_length_sorted_scoring_matches_one_forward_with_less_padding(tiny_model_dir: str) -> None:
+    from dpo_ray.logprobs import sorted_sequence_stats
+
+    model = load_model(tiny_model_dir).eval()
+    prompts = [[1, 20, 21], [1, 40, 41, 42, 43, 44], [1, 9], [1, 60, 61, 62]]
+    chosen = [[30, 2], [50, 51, 52, 53, 54, 55, 56, 2], [70, 71, 2], [80, 2]]
+    rejected = [[31, 32, 33, 34, 35, 2], [57, 2], [72, 2], [81, 82, 83, 2]]
+    batch = collate_pairs(prompts, chosen, rejected, pad_id=0)
+    with torch.no_grad():
+        plain = forward_sequence_stats(model, batch)
+    for rows in (1, 3, 4, 8):
+        grouped, pads = sorted_sequence_stats(model, batch, rows_per_forward=rows)
+        for field in ("logps", "num_tokens", "logits_sum", "prefix_logps"):
+            assert torch.allclose(getattr(plain, field), getattr(grouped, field), atol=1e-5), (rows, field)
+        assert pads.sum() <= (batch["attention_mask"] == 0).sum()
+    assert sorted_sequence_stats(model, batch, rows_per_forward=1)[1].sum() == 0  # one row per forward: no pads
+    assert sorted_sequence_stats(model, batch, rows_per_forward=4)[1].sum() < (batch["attention_mask"] == 0).sum()
