@@ -198,7 +198,9 @@ def tokenized_rows(cfg: Config) -> tuple[ray.data.Dataset, float]:
         if rows.count() == manifest["rows"]:
             print(f"data: tokenized cache hit ({keyed[0]}): tokenization skipped", flush=True)
             return rows, 1.0
-    rows = tokenize(cfg, read_rows(cfg)).materialize()
+    # Read to the end before the tokenizer actors start: an actor pool holding every CPU would
+    # otherwise leave no CPU for the read tasks that feed it (a hang at data.tokenize_actors >= CPUs).
+    rows = tokenize(cfg, read_rows(cfg).materialize()).materialize()
     if store is not None:
         data_uri = store.new_data_uri(keyed[0])
         rows.write_parquet(data_uri)

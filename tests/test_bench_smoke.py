@@ -1,0 +1,56 @@
+"""The benchmarks' smoke modes (bench/sweep.py, bench/data.py) end to end, into a temp results dir."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.e2e
+
+
+def _smoke(script: str, results: Path, timeout: int) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / script), "--smoke", "--results-dir", str(results)],
+                          cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    result = json.loads((results / script.replace(".py", ".json")).read_text())
+    assert {"machine", "command", "notes"} <= set(result) and result["machine"]["ray"] and result["machine"]["date"]
+    return result
+
+
+def test_sweep_bench_smoke(tmp_path: Path) -> None:
+    result = _smoke("sweep.py", tmp_path, timeout=900)
+    with_trl = importlib.util.find_spec("trl") is not None
+    arms = {a["arm"]: a for a in result["arms"]}
+    assert set(arms) == {"sweep", "separate"} | ({"trl"} if with_trl else set())
+    assert all(a["runs"] == 2 and a["total_wall_s"] > 0 and 0 <= a["mean_eval_acc"] <= 1 for a in arms.values())
+    assert arms["sweep"]["reference_scoring_passes"] == 1  # one pass for the whole sweep
+    assert arms["separate"]["reference_scoring_passes"] == 2  # one per run: no shared cache
+    configs = {(r["beta"], r["learning_rate"]) for r in result["runs"] if r["arm"] == "sweep"}
+    assert len(configs) == 2
+    for arm in arms:  # every arm trained the same configs
+        assert {(r["beta"], r["learning_rate"]) for r in result["runs"] if r["arm"] == arm} == configs
+    assert not any(r["reference_scored"] for r in result["runs"] if r["arm"] == "sweep")
+    assert result["separate_over_sweep"] > 0
+    if with_trl:
+        assert result["trl_over_sweep"] > 0 and result["trl_version"]
+    else:
+        assert "trl_skipped" in result
+
+
+def test_data_bench_smoke(tmp_path: Path) -> None:
+    result = _smoke("data.py", tmp_path, timeout=600)
+    assert [(r["pairs"], r["cpus"]) for r in result["throughput"]] == [(2000, 1), (2000, 2)]
+    assert all(r["tokenize_pairs_per_s"] > 0 and r["pairs_kept"] == r["pairs"] for r in result["throughput"])
+    assert [m["pairs"] for m in result["memory"]] == [2000, 8000]
+    assert all(m["peak_rss_mib"] >= m["baseline_rss_mib"] > 0 for m in result["memory"])
+    assert result["driver_rss_growth"] > -1 and result["driver_rss_flat"] == (result["driver_rss_growth"] < 0.2)
+    assert [c["tokenize_cache_hit"] for c in result["cache"]] == [0.0, 1.0]  # the rerun skipped tokenization
+    assert result["speedup_2_vs_1_cpu"] > 0 and result["cache_rerun_speedup"] > 0
