@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 
 from dpo_ray.collate import collate_pairs  # noqa: E402
 from dpo_ray.config import load_config  # noqa: E402
-from dpo_ray.logprobs import forward_sequence_stats  # noqa: E402
+from dpo_ray.logprobs import forward_sequence_stats, sorted_sequence_stats  # noqa: E402
 from dpo_ray.modeling import load_model, load_tokenizer  # noqa: E402
 from dpo_ray.pipeline import prepare_pairs, reference_stage, score_reference  # noqa: E402
 from dpo_ray.toy import build_tiny_model, make_preference_rows  # noqa: E402
@@ -38,8 +38,8 @@ def varying_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
     return [{**r, "prompt": " ".join(["please"] * rng.randint(0, 120)) + " " + r["prompt"]} for r in rows]
 
 
-def bare_loop(model_dir: str, batches: list[dict], threads: int) -> tuple[float, int]:
-    """The same batches through transformers in one process: (seconds, real tokens)."""
+def bare_loop(model_dir: str, batches: list[dict], threads: int, sort_rows: bool) -> tuple[float, int]:
+    """The same batches, scored the way the pool scores them, in one process: (seconds, real tokens)."""
     torch.set_num_threads(threads)
     model = load_model(model_dir).eval()
     pad = load_tokenizer(model_dir).pad_token_id
@@ -47,7 +47,10 @@ def bare_loop(model_dir: str, batches: list[dict], threads: int) -> tuple[float,
     with torch.inference_mode():
         for b in batches:
             t = collate_pairs(b["prompt_ids"], b["chosen_ids"], b["rejected_ids"], pad_id=pad)
-            forward_sequence_stats(model, t)
+            if sort_rows:
+                sorted_sequence_stats(model, t, rows_per_forward=len(b["prompt_ids"]))
+            else:
+                forward_sequence_stats(model, t)
             tokens += int(t["attention_mask"].sum())
     return time.perf_counter() - start, tokens
 
@@ -74,7 +77,7 @@ def main() -> None:
             pool_s = time.perf_counter() - start
             pads = scored.sum("ref_pad_tokens")
             batches = list(scored.iter_batches(batch_size=BATCH, batch_format="numpy"))
-            bare_s, real = bare_loop(model_dir, batches, threads=1)
+            bare_s, real = bare_loop(model_dir, batches, threads=1, sort_rows=bucketing)
             _, cold = reference_stage(cfg, pairs, hashes)
             _, warm = reference_stage(cfg, pairs, hashes)
             results.append({
@@ -92,7 +95,9 @@ def main() -> None:
         "notes": (f"Model: Llama built from config, {params / 1e6:.1f}M parameters, fp32 on CPU; one scoring actor "
                   "(1 CPU) vs a bare loop with 1 torch thread over the same batches of "
                   f"{BATCH} pairs. Pool time includes actor start and model load; the bare loop's excludes its model "
-                  "load. cold_stage_s scores and commits the cache; warm_stage_s reads it back (no model loaded)."),
+                  "load. With length_bucketing, pairs are sorted by length and each batch's 2B rows run as two length-sorted "
+                  "forwards (pool and bare loop alike). cold_stage_s scores and commits the cache; warm_stage_s reads it "
+                  "back (no model loaded)."),
         "runs": results,
     })
 
