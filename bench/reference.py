@@ -38,7 +38,7 @@ def varying_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
     return [{**r, "prompt": " ".join(["please"] * rng.randint(0, 120)) + " " + r["prompt"]} for r in rows]
 
 
-def bare_loop(model_dir: str, batches: list[dict], threads: int, sort_rows: bool) -> tuple[float, int]:
+def bare_loop(model_dir: str, batches: list[dict], threads: int, rows_per_forward: int | None) -> tuple[float, int]:
     """The same batches, scored the way the pool scores them, in one process: (seconds, real tokens)."""
     torch.set_num_threads(threads)
     model = load_model(model_dir).eval()
@@ -47,8 +47,8 @@ def bare_loop(model_dir: str, batches: list[dict], threads: int, sort_rows: bool
     with torch.inference_mode():
         for b in batches:
             t = collate_pairs(b["prompt_ids"], b["chosen_ids"], b["rejected_ids"], pad_id=pad)
-            if sort_rows:
-                sorted_sequence_stats(model, t, rows_per_forward=len(b["prompt_ids"]))
+            if rows_per_forward:
+                sorted_sequence_stats(model, t, rows_per_forward=rows_per_forward)
             else:
                 forward_sequence_stats(model, t)
             tokens += int(t["attention_mask"].sum())
@@ -77,7 +77,7 @@ def main() -> None:
             pool_s = time.perf_counter() - start
             pads = scored.sum("ref_pad_tokens")
             batches = list(scored.iter_batches(batch_size=BATCH, batch_format="numpy"))
-            bare_s, real = bare_loop(model_dir, batches, threads=1, sort_rows=bucketing)
+            bare_s, real = bare_loop(model_dir, batches, threads=1, rows_per_forward=cfg.reference.rows_per_forward if bucketing else None)
             _, cold = reference_stage(cfg, pairs, hashes)
             _, warm = reference_stage(cfg, pairs, hashes)
             results.append({
@@ -95,8 +95,8 @@ def main() -> None:
         "notes": (f"Model: Llama built from config, {params / 1e6:.1f}M parameters, fp32 on CPU; one scoring actor "
                   "(1 CPU) vs a bare loop with 1 torch thread over the same batches of "
                   f"{BATCH} pairs. Pool time includes actor start and model load; the bare loop's excludes its model "
-                  "load. With length_bucketing, pairs are sorted by length and each batch's 2B rows run as two length-sorted "
-                  "forwards (pool and bare loop alike). cold_stage_s scores and commits the cache; warm_stage_s reads it "
+                  "load. With length_bucketing, pairs are sorted by length and each batch's 2B rows run length-sorted, "
+                  "reference.rows_per_forward (16) at a time (pool and bare loop alike). cold_stage_s scores and commits the cache; warm_stage_s reads it "
                   "back (no model loaded)."),
         "runs": results,
     })

@@ -314,7 +314,7 @@ def score_reference(cfg: Config, pairs: ray.data.Dataset, crash_marker: str | No
         fn_constructor_kwargs={
             "name_or_path": cfg.model.name_or_path, "revision": cfg.model.revision,
             "dtype": ref.dtype, "use_gpu": ref.num_gpus_per_actor > 0, "trust_remote_code": cfg.model.trust_remote_code,
-            "sort_rows": ref.length_bucketing,
+            "rows_per_forward": ref.rows_per_forward if ref.length_bucketing else None,
             "crash_marker": crash_marker, "crash_at_call": crash_at_call,
         },
         compute=ray.data.ActorPoolStrategy(min_size=ref.min_actors, max_size=ref.max_actors),

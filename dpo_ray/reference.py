@@ -20,11 +20,11 @@ class ReferenceScorer:
 
     def __init__(self, name_or_path: str, revision: str | None, dtype: str, use_gpu: bool,
                  crash_marker: str | None = None, crash_at_call: int = 0, trust_remote_code: bool = False,
-                 sort_rows: bool = True) -> None:
+                 rows_per_forward: int | None = 16) -> None:
         # Test hook for the fault test: the first actor to reach call ``crash_at_call`` creates
         # ``crash_marker`` and dies; Ray restarts the actor and retries its batch.
         self.crash_marker, self.crash_at_call, self.calls = crash_marker, crash_at_call, 0
-        self.sort_rows = sort_rows
+        self.rows_per_forward = rows_per_forward  # None: one (2B, T) forward per batch
         self.device = torch.device("cuda" if use_gpu else "cpu")
         self.pad_id = load_tokenizer(name_or_path, revision, trust_remote_code).pad_token_id
         # An actor given several GPUs (reference.num_gpus_per_actor > 1) spreads the layers over
@@ -46,8 +46,8 @@ class ReferenceScorer:
             os._exit(1)
         tensors = collate_pairs(batch["prompt_ids"], batch["chosen_ids"], batch["rejected_ids"], pad_id=self.pad_id)
         tensors = {k: v.to(self.device) for k, v in tensors.items()}
-        if self.sort_rows:  # two forwards of B length-sorted rows instead of one (2B, T)
-            stats, pads = sorted_sequence_stats(self.model, tensors, rows_per_forward=max(1, len(batch["prompt_ids"])))
+        if self.rows_per_forward:  # length-sorted groups of rows instead of one (2B, T) forward
+            stats, pads = sorted_sequence_stats(self.model, tensors, rows_per_forward=self.rows_per_forward)
         else:
             stats, pads = forward_sequence_stats(self.model, tensors), (tensors["attention_mask"] == 0).sum(-1)
         chosen, rejected = split_pairs(stats.logps.double().cpu())
