@@ -22,8 +22,8 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-KEY_VERSION = 1
-"""Bump when what the scorer computes changes; old entries then miss."""
+KEY_VERSION = 2
+"""Bump when what the scorer computes or stores changes; old entries then miss (2: the mixture column)."""
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "tokenizer.model", "vocab.json", "merges.txt")
