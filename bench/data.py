@@ -93,7 +93,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     sampler.join()
     ray.shutdown()
     return {
-        "rows_read": counts["data/rows_read"], "pairs_kept": len(kept), "tokenize_cache_hit": cache_hit,
+        "rows_read": counts["data/rows_read"], "pairs_kept": kept.rows, "tokenize_cache_hit": cache_hit,
         "tokenize_s": tokenized - start, "validate_s": validated - tokenized,
         "baseline_rss_mib": baseline / MIB, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "sampled_peak_rss_mib": sampler.peak / MIB,

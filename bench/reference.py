@@ -71,17 +71,17 @@ def main() -> None:
             cfg = load_config(None, [f"model.name_or_path={model_dir}", f"data.path={path}", "data.max_length=256",
                                      f"reference.batch_size={BATCH}", f"reference.length_bucketing={str(bucketing).lower()}",
                                      f"reference.cache_dir={cache}", f"output_dir={work / 'out'}"])
-            pairs, _, hashes = prepare_pairs(cfg, work / "out")
+            pairs, _, data_id = prepare_pairs(cfg, work / "out")
             start = time.perf_counter()
             scored = score_reference(cfg, pairs).materialize()
             pool_s = time.perf_counter() - start
             pads = scored.sum("ref_pad_tokens")
             batches = list(scored.iter_batches(batch_size=BATCH, batch_format="numpy"))
             bare_s, real = bare_loop(model_dir, batches, threads=1, rows_per_forward=cfg.reference.rows_per_forward if bucketing else None)
-            _, cold = reference_stage(cfg, pairs, hashes)
-            _, warm = reference_stage(cfg, pairs, hashes)
+            _, cold = reference_stage(cfg, pairs, data_id)
+            _, warm = reference_stage(cfg, pairs, data_id)
             results.append({
-                "data": name, "length_bucketing": bucketing, "pairs": len(hashes),
+                "data": name, "length_bucketing": bucketing, "pairs": data_id.rows,
                 "pad_fraction": round(pads / (pads + real), 4),
                 "pool_tokens_per_s": round(real / pool_s), "bare_loop_tokens_per_s": round(real / bare_s),
                 "pool_vs_bare": round(bare_s / pool_s, 3),

@@ -1,31 +1,95 @@
-"""data_report.json: every dropped row counted by reason, with example row ids. Pure ring."""
+"""data_report.json: every dropped row counted by reason, with example row ids. Pure ring.
+
+The counts are built in two steps so the driver never holds one entry per row: ``summarize_block``
+runs in a Ray task on each block of per-row flags, ``merge_summaries`` adds the (few, small) block
+summaries up in the driver, and ``build_data_report`` shapes the merged summary as the report.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections import Counter
+from typing import Any, Iterable
 
 import pandas as pd
 
 EXAMPLES_PER_REASON = 5
+ERRORS_KEPT = 5
+HASH_MOD = 2**128  # row hashes are 32 hex digits
 
 
-def build_data_report(flags: pd.DataFrame, max_drop_fraction: float) -> dict[str, Any]:
-    """flags: one row per input row with source, drop_reason ('' = kept), drop_detail, warning, is_eval."""
-    dropped = flags[flags["drop_reason"] != ""]
-    kept = flags[flags["drop_reason"] == ""]
-    by_reason = dropped.groupby("drop_reason", sort=True)
-    warnings = flags[flags["warning"] != ""].groupby("warning").size()
-    rows = len(flags)
+def summarize_block(flags: pd.DataFrame, duplicates: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """One block of flags (source, error, drop_reason, drop_detail, warning, is_eval, mixture, row_hash)
+    -> counts, the first examples by source, and the order-free sum of the kept rows' hashes.
+    Rows whose source is in ``duplicates`` (and not dropped for another reason) count as duplicates."""
+    flags = flags.sort_values("source", kind="stable")
+    reasons = flags["drop_reason"].astype(str).copy()
+    dup = (reasons == "") & flags["source"].isin(duplicates)
+    reasons[dup] = "duplicate"
+    details = flags["drop_detail"].astype(str).where(~dup, flags["source"].astype(str) + ": duplicate pair")
+    errors = flags["error"].astype(str) != ""
+    kept = (reasons == "") & ~errors
+    dropped = (reasons != "") & ~errors
+    is_eval = flags["is_eval"].astype(bool)
+    examples: dict[str, list[list[str]]] = {}
+    for reason, group in flags[dropped].assign(_r=reasons[dropped], _d=details[dropped]).groupby("_r", sort=True):
+        examples[str(reason)] = [[str(s), str(d)] for s, d in zip(group["source"].head(EXAMPLES_PER_REASON), group["_d"].head(EXAMPLES_PER_REASON))]
+    mixture = flags["mixture"] if "mixture" in flags else pd.Series(0, index=flags.index)
+    return {
+        "rows": int(len(flags) - errors.sum()),
+        "dropped": {str(r): int(n) for r, n in reasons[dropped].value_counts().items()},
+        "examples": examples,
+        "warnings": {str(w): int(n) for w, n in flags.loc[flags["warning"] != "", "warning"].value_counts().items()},
+        "train": int((kept & ~is_eval).sum()), "eval": int((kept & is_eval).sum()),
+        "mixture": {str(int(m)): [int((~e).sum()), int(e.sum())] for m, e in is_eval[kept].groupby(mixture[kept])},
+        "errors": [[str(s), str(e)] for s, e in zip(flags.loc[errors, "source"].head(ERRORS_KEPT), flags.loc[errors, "error"].head(ERRORS_KEPT))],
+        "error_rows": int(errors.sum()),
+        "hash_sum": str(hash_sum(flags.loc[kept, "row_hash"])),
+    }
+
+
+def hash_sum(row_hashes: Iterable[str]) -> int:
+    """Order-free combination of row hashes: their sum modulo 2**128."""
+    return sum(int(h, 16) for h in row_hashes) % HASH_MOD
+
+
+def merge_summaries(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Add block summaries up; examples stay the first ones by source, as if one block held every row."""
+    total: dict[str, Any] = {"rows": 0, "train": 0, "eval": 0, "error_rows": 0, "hash_sum": 0}
+    dropped: Counter[str] = Counter()
+    warnings: Counter[str] = Counter()
+    mixture: dict[str, list[int]] = {}
+    examples: dict[str, list[list[str]]] = {}
+    errors: list[list[str]] = []
+    for part in parts:
+        for k in ("rows", "train", "eval", "error_rows"):
+            total[k] += part[k]
+        total["hash_sum"] = (total["hash_sum"] + int(part["hash_sum"])) % HASH_MOD
+        dropped.update(part["dropped"])
+        warnings.update(part["warnings"])
+        for m, (train, held_out) in part["mixture"].items():
+            seen = mixture.setdefault(m, [0, 0])
+            seen[0], seen[1] = seen[0] + train, seen[1] + held_out
+        for reason, rows in part["examples"].items():
+            examples[reason] = sorted(examples.get(reason, []) + rows)[:EXAMPLES_PER_REASON]
+        errors = sorted(errors + part["errors"])[:ERRORS_KEPT]
+    return {**total, "dropped": dict(dropped), "warnings": dict(warnings), "mixture": mixture,
+            "examples": examples, "errors": errors}
+
+
+def build_data_report(summary: dict[str, Any], max_drop_fraction: float) -> dict[str, Any]:
+    """The report from a merged summary (rows with a file-level error are not rows read)."""
+    rows, dropped = summary["rows"], sum(summary["dropped"].values())
+    reasons = sorted(summary["dropped"])
     return {
         "rows_read": rows,
-        "kept": len(kept),
-        "rows_dropped": len(dropped),
-        "drop_fraction": len(dropped) / rows if rows else 0.0,
+        "kept": rows - dropped,
+        "rows_dropped": dropped,
+        "drop_fraction": dropped / rows if rows else 0.0,
         "max_drop_fraction": max_drop_fraction,
-        "train_pairs": int((~kept["is_eval"].astype(bool)).sum()),
-        "eval_pairs": int(kept["is_eval"].astype(bool).sum()),
-        "dropped": {str(r): int(len(g)) for r, g in by_reason},
-        "examples": {str(r): list(g["source"].head(EXAMPLES_PER_REASON)) for r, g in by_reason},
-        "details": {str(r): list(g["drop_detail"].head(EXAMPLES_PER_REASON)) for r, g in by_reason},
-        "warnings": {str(w): int(n) for w, n in warnings.items()},
+        "train_pairs": summary["train"],
+        "eval_pairs": summary["eval"],
+        "dropped": {r: summary["dropped"][r] for r in reasons},
+        "examples": {r: [s for s, _ in summary["examples"][r]] for r in reasons},
+        "details": {r: [d for _, d in summary["examples"][r]] for r in reasons},
+        "warnings": dict(sorted(summary["warnings"].items())),
     }

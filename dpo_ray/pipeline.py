@@ -26,11 +26,11 @@ from dpo_ray.config import Config, ConfigError, resolve_paths
 from dpo_ray.data import (
     DataError, TokenizeRows, expand_paths, input_identity, is_saved_dataset, load_hf_table, normalize_table, parse_file, source_kind,
 )
-from dpo_ray.data_report import build_data_report
+from dpo_ray.data_report import build_data_report, merge_summaries, summarize_block
 from dpo_ray.objective import REF_COLUMNS
 from dpo_ray.modeling import resolve_dtype
 from dpo_ray.plots import plot_curves, write_tensorboard
-from dpo_ray.ref_cache import CacheStore, cache_key, data_key, model_identity, versions
+from dpo_ray.ref_cache import CacheStore, DataId, cache_key, model_identity, versions
 from dpo_ray.reference import ReferenceScorer
 from dpo_ray.stopping import TrainingError, total_steps
 from dpo_ray.train_loop import train_loop_per_worker
@@ -93,11 +93,11 @@ class Prepared:
 
 def prepare_datasets(cfg: Config) -> Prepared:
     """Data stage, reference stage (cached), train/eval split, the seeded train order. ``cfg`` is resolved."""
-    kept, counts, row_hashes = prepare_pairs(cfg, Path(cfg.output_dir))
+    kept, counts, data_id = prepare_pairs(cfg, Path(cfg.output_dir))
     if cfg.loss.reference_free():
         scored, ref_stats = kept, {"ref/skipped": 1.0, "ref/cache_hit": 0.0, "ref/seconds": 0.0}
     else:
-        scored, ref_stats = reference_stage(cfg, kept, row_hashes)
+        scored, ref_stats = reference_stage(cfg, kept, data_id)
     columns = TOKEN_COLUMNS + ([] if cfg.loss.reference_free() else list(REF_COLUMNS))
     eval_fraction = cfg.data.eval_fraction
     train_ds = scored.filter(lambda row: row["split_key"] >= eval_fraction).select_columns(columns)
@@ -144,8 +144,8 @@ def precompute_reference(config: Config) -> dict[str, Any]:
     """The data and reference stages alone: warm the cache (before a sweep, say). Returns stats."""
     cfg = resolve_paths(config)
     _start_ray()
-    kept, counts, row_hashes = prepare_pairs(cfg, Path(cfg.output_dir))
-    _, ref_stats = reference_stage(cfg, kept, row_hashes)
+    kept, counts, data_id = prepare_pairs(cfg, Path(cfg.output_dir))
+    _, ref_stats = reference_stage(cfg, kept, data_id)
     return {**counts, **ref_stats, "cache_dir": cfg.reference.cache_dir or ""}
 
 
@@ -156,13 +156,13 @@ def _start_ray() -> None:
     ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
 
 
-def prepare_pairs(cfg: Config, out: Path) -> tuple[ray.data.Dataset, dict[str, int], list[str]]:
-    """Read, normalise, tokenize and validate: the usable pairs (materialized), counts, row hashes."""
+def prepare_pairs(cfg: Config, out: Path) -> tuple[ray.data.Dataset, dict[str, int], DataId]:
+    """Read, normalise, tokenize and validate: the usable pairs (materialized), counts, their DataId."""
     tokenized, cache_hit = tokenized_rows(cfg)
-    counts, duplicates, row_hashes = _validate_rows(tokenized, cfg, out)
+    counts, duplicates, data_id = _validate_rows(tokenized, cfg, out)
     counts["data/tokenize_cache_hit"] = cache_hit
     kept = tokenized.filter(lambda row: row["drop_reason"] == "" and row["source"] not in duplicates)
-    return kept.select_columns(CACHE_COLUMNS).materialize(), counts, row_hashes
+    return kept.select_columns(CACHE_COLUMNS).materialize(), counts, data_id
 
 
 def tokenized_key(cfg: Config) -> tuple[str, dict[str, Any]] | None:
@@ -252,27 +252,27 @@ def tokenize(cfg: Config, rows: ray.data.Dataset) -> ray.data.Dataset:
     )
 
 
-def reference_key(cfg: Config, row_hashes: list[str]) -> tuple[str, dict[str, Any]]:
+def reference_key(cfg: Config, data_id: DataId) -> tuple[str, dict[str, Any]]:
     """The cache key: model and tokenizer identity, tokenized data, dtype, length settings."""
     ref, d = cfg.reference, cfg.data
     parts = {
         "model": model_identity(cfg.model.name_or_path, cfg.model.revision),
-        "data": data_key(row_hashes),
-        "rows": len(row_hashes),
+        "data": data_id.key(),
+        "rows": data_id.rows,
         "dtype": str(resolve_dtype(ref.dtype, on_gpu=ref.num_gpus_per_actor > 0)).removeprefix("torch."),
         "lengths": {"max_length": d.max_length, "max_prompt_length": d.max_prompt_length, "truncation_mode": d.truncation_mode},
     }
     return cache_key(parts), parts
 
 
-def reference_stage(cfg: Config, pairs: ray.data.Dataset, row_hashes: list[str]) -> tuple[ray.data.Dataset, dict[str, float]]:
+def reference_stage(cfg: Config, pairs: ray.data.Dataset, data_id: DataId) -> tuple[ray.data.Dataset, dict[str, float]]:
     """Cached reference log-probs for ``pairs``: a committed cache entry is read as is (no model is
     loaded); otherwise the actor pool scores the pairs and the result is committed for later runs."""
     start = time.perf_counter()
-    key, parts = reference_key(cfg, row_hashes)
+    key, parts = reference_key(cfg, data_id)
     store = CacheStore(cfg.reference.cache_dir) if cfg.reference.cache_dir else None
     manifest = store.read_manifest(key) if store else None
-    if manifest is not None and manifest["rows"] == len(row_hashes):
+    if manifest is not None and manifest["rows"] == data_id.rows:
         scored = ray.data.read_parquet(manifest["data_uri"]).materialize()
         if scored.count() == manifest["rows"]:
             print(f"reference: cache hit ({key})", flush=True)
@@ -287,7 +287,7 @@ def reference_stage(cfg: Config, pairs: ray.data.Dataset, row_hashes: list[str])
         scored.write_parquet(data_uri)
         store.commit(key, {"rows": scored.count(), "data_uri": data_uri, "parts": parts, "versions": versions(),
                            "pad_fraction": pad_fraction, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    print(f"reference: scored {len(row_hashes)} pairs ({key}), pad fraction {pad_fraction:.3f}", flush=True)
+    print(f"reference: scored {data_id.rows} pairs ({key}), pad fraction {pad_fraction:.3f}", flush=True)
     return scored, {"ref/cache_hit": 0.0, "ref/skipped": 0.0, "ref/seconds": time.perf_counter() - start,
                     "ref/pad_fraction": pad_fraction, "ref/key": key}
 
@@ -384,24 +384,24 @@ def _check_output_dir(out: Path, overwrite: bool) -> None:
         )
 
 
-def _validate_rows(tokenized: ray.data.Dataset, cfg: Config, out: Path) -> tuple[dict[str, int], set[str], list[str]]:
+FLAG_COLUMNS = ["row_id", "row_hash", "source", "error", "drop_reason", "drop_detail", "warning", "is_eval", "mixture"]
+
+
+def _validate_rows(tokenized: ray.data.Dataset, cfg: Config, out: Path) -> tuple[dict[str, int], frozenset[str], DataId]:
     """Count rows by fate, write data_report.json, stop on errors or too many drops.
 
-    Returns the counts for metrics.json, the sources of exact duplicates to filter out, and the
-    row hashes of the kept pairs (the reference cache's data key).
-    Only small per-row columns come to the driver.
+    Returns the counts for metrics.json, the sources of exact duplicates to filter out, and the kept
+    pairs' DataId (the reference cache's data key). Counting runs in Ray tasks, one small summary per
+    block; the driver holds 8 bytes per valid row for duplicate detection, and the rows that share one.
     """
-    flags = tokenized.select_columns(["row_id", "row_hash", "source", "error", "drop_reason", "drop_detail", "warning", "is_eval", "mixture"]).to_pandas()
-    errors = flags[flags["error"] != ""]
-    if len(errors):
-        more = f" (and {len(errors) - 1} more files with errors)" if len(errors) > 1 else ""
-        raise DataError(errors["error"].iloc[0] + more)
-    flags = flags.sort_values("source", kind="stable")
-    valid = flags["drop_reason"] == ""
-    duplicated = valid & flags["row_id"].duplicated(keep="first") if cfg.data.dedup else valid & False
-    flags.loc[duplicated, "drop_reason"] = "duplicate"
-    flags.loc[duplicated, "drop_detail"] = flags.loc[duplicated, "source"] + ": duplicate pair"
-    report = build_data_report(flags, cfg.data.max_drop_fraction)
+    flags = tokenized.select_columns(FLAG_COLUMNS)
+    duplicates = _duplicate_sources(flags) if cfg.data.dedup else frozenset()
+    summaries = flags.map_batches(_summarize, fn_kwargs={"duplicates": duplicates}, batch_format="pandas", batch_size=None)
+    summary = merge_summaries(json.loads(row["summary"]) for row in summaries.take_all())
+    if summary["error_rows"]:
+        more = f" (and {summary['error_rows'] - 1} more files with errors)" if summary["error_rows"] > 1 else ""
+        raise DataError(summary["errors"][0][1] + more)
+    report = build_data_report(summary, cfg.data.max_drop_fraction)
     out.mkdir(parents=True, exist_ok=True)
     _atomic_write(out / "data_report.json", json.dumps(report, indent=2))
     if report["kept"] == 0 or report["drop_fraction"] > cfg.data.max_drop_fraction:
@@ -416,16 +416,48 @@ def _validate_rows(tokenized: ray.data.Dataset, cfg: Config, out: Path) -> tuple
         **{f"data/dropped/{r}": n for r, n in report["dropped"].items()},
         **{f"data/warnings/{w}": n for w, n in report["warnings"].items()},
     }
-    kept = flags[flags["drop_reason"] == ""]
     for i, source in enumerate(cfg.data.sources):
-        mine = kept[kept["mixture"] == i]
-        counts[f"data/sources/{source.name}/train_pairs"] = int((~mine["is_eval"]).sum())
-        counts[f"data/sources/{source.name}/eval_pairs"] = int(mine["is_eval"].sum())
+        train, held_out = summary["mixture"].get(str(i), [0, 0])
+        counts[f"data/sources/{source.name}/train_pairs"] = train
+        counts[f"data/sources/{source.name}/eval_pairs"] = held_out
     if counts["data/train_pairs"] < cfg.train.batch_size:
         raise DataError(f"data.path {cfg.data.path}: {counts['data/train_pairs']} train pairs, fewer than one batch (train.batch_size={cfg.train.batch_size}); add data or lower train.batch_size")
     if counts["data/eval_pairs"] < cfg.train.num_workers:
         raise DataError(f"data.path {cfg.data.path}: {counts['data/eval_pairs']} eval pairs for {cfg.train.num_workers} workers; raise data.eval_fraction or add data")
-    return counts, set(flags.loc[duplicated, "source"]), list(flags.loc[flags["drop_reason"] == "", "row_hash"])
+    return counts, duplicates, DataId(report["kept"], summary["hash_sum"])
+
+
+def _summarize(flags: Any, duplicates: frozenset[str]) -> Any:
+    """One block of flags -> one row holding its summary (data_report.summarize_block) as JSON."""
+    import pandas as pd
+
+    return pd.DataFrame({"summary": [json.dumps(summarize_block(flags, duplicates))]})
+
+
+def _id_prefix(row_id: str) -> int:
+    return int(row_id[:16], 16)
+
+
+def _valid_id_prefixes(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    valid = (batch["drop_reason"] == "") & (batch["error"] == "")
+    return {"prefix": np.array([_id_prefix(r) for r in batch["row_id"][valid]], dtype=np.uint64)}
+
+
+def _duplicate_sources(flags: ray.data.Dataset) -> frozenset[str]:
+    """Sources of the valid rows whose pair (row id) an earlier source (in source order) already has.
+    The driver gets a 64-bit prefix of each valid row id (8 bytes a row), then only the rows whose
+    prefix occurs twice, and compares their full ids."""
+    blocks = flags.select_columns(["row_id", "drop_reason", "error"]).map_batches(_valid_id_prefixes, batch_format="numpy", batch_size=None)
+    prefixes = [b["prefix"] for b in blocks.iter_batches(batch_format="numpy", batch_size=None)]
+    values, seen = np.unique(np.concatenate(prefixes) if prefixes else np.zeros(0, np.uint64), return_counts=True)
+    shared = {int(v) for v in values[seen > 1]}
+    if not shared:
+        return frozenset()
+    rows = flags.filter(lambda row: row["drop_reason"] == "" and row["error"] == "" and _id_prefix(row["row_id"]) in shared)
+    by_id: dict[str, list[str]] = {}
+    for row in rows.select_columns(["row_id", "source"]).take_all():
+        by_id.setdefault(row["row_id"], []).append(row["source"])
+    return frozenset(s for sources in by_id.values() for s in sorted(sources)[1:])
 
 
 def _write_outputs(cfg: Config, out: Path, result: Any, run_stats: dict[str, float]) -> dict[str, Any]:

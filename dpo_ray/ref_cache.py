@@ -16,13 +16,16 @@ import hashlib
 import json
 import os
 import uuid
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import pyarrow.fs as pafs
 
-KEY_VERSION = 2
+from dpo_ray.data_report import hash_sum
+
+KEY_VERSION = 3  # 3: the data part is DataId (row count + sum of row hashes)
 """Bump when what the scorer computes or stores changes; old entries then miss (2: the mixture column)."""
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
@@ -61,12 +64,21 @@ def model_identity(name_or_path: str, revision: str | None) -> dict[str, str]:
     return {"weights": _hash_files(path, weights), "tokenizer": _hash_files(path, tokenizer)}
 
 
-def data_key(row_hashes: list[str]) -> str:
-    """Order-free hash of the tokenized pairs (each row hash covers its row id and token ids)."""
-    digest = hashlib.sha256()
-    for h in sorted(row_hashes):
-        digest.update(h.encode())
-    return digest.hexdigest()
+@dataclass(frozen=True)
+class DataId:
+    """The tokenized pairs' identity for the cache key: how many, and the order-free sum of their row
+    hashes (each covers a row id, its token ids and source index). Ray tasks compute the sum block by
+    block, so the driver holds two numbers, not one hash per pair."""
+
+    rows: int
+    hash_sum: int
+
+    @classmethod
+    def of(cls, row_hashes: list[str]) -> "DataId":
+        return cls(len(row_hashes), hash_sum(row_hashes))
+
+    def key(self) -> str:
+        return hashlib.sha256(f"{self.rows}:{self.hash_sum:032x}".encode()).hexdigest()
 
 
 def cache_key(parts: dict[str, Any]) -> str:

@@ -233,3 +233,40 @@ def test_unreachable_hub_dataset_is_one_clear_line(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(DataError, match="data.path no-such-org/no-such-dataset: not a local path, and loading it as a hub dataset failed"):
         load_hf_table("no-such-org/no-such-dataset", split="train", subset=None, revision=None)
+
+
+def test_block_summaries_merge_to_the_whole_report() -> None:
+    """data_report counts in Ray tasks block by block; merged, they must equal one summary of all rows."""
+    import hashlib
+
+    import pandas as pd
+
+    from dpo_ray.data_report import build_data_report, hash_sum, merge_summaries, summarize_block
+
+    rng = np.random.default_rng(3)
+    n = 300
+    reasons = rng.choice(["", "", "", "missing_field", "identical_completions", "prompt_too_long"], n)
+    flags = pd.DataFrame({
+        "row_id": [f"{i:024x}" for i in range(n)],
+        "row_hash": [hashlib.sha256(str(i).encode()).hexdigest()[:32] for i in range(n)],
+        "source": [f"f.jsonl:{i + 1}" for i in rng.permutation(n)],
+        "error": [""] * n,
+        "drop_reason": reasons,
+        "drop_detail": [f"row {i}: {r}" if r else "" for i, r in enumerate(reasons)],
+        "warning": rng.choice(["", "", "prompt_not_token_prefix"], n),
+        "is_eval": rng.random(n) < 0.2,
+        "mixture": rng.integers(0, 3, n),
+    })
+    duplicates = frozenset(flags.loc[flags["drop_reason"] == "", "source"].iloc[:4])
+    whole = summarize_block(flags, duplicates)
+    cuts = [0, 17, 18, 150, 299, n]
+    merged = merge_summaries(summarize_block(flags.iloc[a:b], duplicates) for a, b in zip(cuts, cuts[1:]))
+    assert merged == merge_summaries([whole])
+    report = build_data_report(merged, 0.5)
+    kept = flags[(flags["drop_reason"] == "") & ~flags["source"].isin(duplicates)]
+    assert report["kept"] == len(kept) == report["train_pairs"] + report["eval_pairs"]
+    assert report["dropped"]["duplicate"] == 4
+    assert report["dropped"]["missing_field"] == int((reasons == "missing_field").sum())
+    assert report["examples"]["duplicate"] == sorted(duplicates)  # the first ones by source
+    assert merged["hash_sum"] == hash_sum(kept["row_hash"])
+    assert sum(sum(v) for v in merged["mixture"].values()) == len(kept)

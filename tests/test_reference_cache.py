@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from conftest import small_overrides
 from dpo_ray.config import load_config
 from dpo_ray.pipeline import prepare_pairs, reference_key, reference_stage, score_reference
-from dpo_ray.ref_cache import CacheStore
+from dpo_ray.ref_cache import CacheStore, DataId
 
 pytestmark = pytest.mark.ray
 REF = ["ref_chosen_logps", "ref_rejected_logps", "ref_chosen_prefix_logps", "ref_rejected_prefix_logps"]
@@ -28,8 +28,12 @@ def ray_local():
 
 
 def _prepare(cfg, out: Path):
-    kept, _, hashes = prepare_pairs(cfg, out)
-    return kept, hashes
+    kept, _, data_id = prepare_pairs(cfg, out)
+    return kept, data_id
+
+
+def _hashes(pairs) -> list[str]:
+    return list(pairs.select_columns(["row_hash"]).to_pandas()["row_hash"])
 
 
 def _by_row(ds) -> dict[str, np.ndarray]:
@@ -41,20 +45,20 @@ def test_cache_miss_then_hit_without_scoring(tiny_model_dir, pairs_jsonl, tmp_pa
     import dpo_ray.pipeline
 
     cfg = load_config(None, small_overrides(tiny_model_dir, pairs_jsonl, str(tmp_path / "run")))
-    pairs, hashes = _prepare(cfg, tmp_path / "run")
-    scored, stats = reference_stage(cfg, pairs, hashes)
+    pairs, data_id = _prepare(cfg, tmp_path / "run")
+    scored, stats = reference_stage(cfg, pairs, data_id)
     assert stats["ref/cache_hit"] == 0.0 and 0.0 <= stats["ref/pad_fraction"] < 0.5
     manifest = CacheStore(cfg.reference.cache_dir).read_manifest(stats["ref/key"])
-    assert manifest["rows"] == len(hashes) == scored.count()
+    assert manifest["rows"] == data_id.rows == scored.count()
     assert set(manifest["versions"]) == {"torch", "transformers"}
     first = _by_row(scored)
-    assert len(first) == len(hashes)  # exactly one entry per row
+    assert len(first) == data_id.rows  # exactly one entry per row
 
     def no_scoring(*args, **kwargs):
         raise AssertionError("a warm cache must not score (or load the reference model)")
 
     monkeypatch.setattr(dpo_ray.pipeline, "score_reference", no_scoring)
-    again, hit = reference_stage(cfg, pairs, hashes)
+    again, hit = reference_stage(cfg, pairs, data_id)
     assert hit["ref/cache_hit"] == 1.0 and hit["ref/key"] == stats["ref/key"]
     second = _by_row(again)
     assert second.keys() == first.keys()
@@ -63,27 +67,29 @@ def test_cache_miss_then_hit_without_scoring(tiny_model_dir, pairs_jsonl, tmp_pa
 
 def test_partial_cache_is_never_used(tiny_model_dir, pairs_jsonl, tmp_path) -> None:
     cfg = load_config(None, small_overrides(tiny_model_dir, pairs_jsonl, str(tmp_path / "run")))
-    pairs, hashes = _prepare(cfg, tmp_path / "run")
-    key, _ = reference_key(cfg, hashes)
+    pairs, data_id = _prepare(cfg, tmp_path / "run")
+    key, _ = reference_key(cfg, data_id)
     store = CacheStore(cfg.reference.cache_dir)
     # A data folder with no manifest (a writer that died) and then a manifest whose count is off.
     pairs.limit(5).write_parquet(store.new_data_uri(key))
-    _, stats = reference_stage(cfg, pairs, hashes)
+    _, stats = reference_stage(cfg, pairs, data_id)
     assert stats["ref/cache_hit"] == 0.0
-    store.commit(key, {"rows": len(hashes) + 1, "data_uri": store.new_data_uri(key), "pad_fraction": 0.0})
-    _, stats = reference_stage(cfg, pairs, hashes)
+    store.commit(key, {"rows": data_id.rows + 1, "data_uri": store.new_data_uri(key), "pad_fraction": 0.0})
+    _, stats = reference_stage(cfg, pairs, data_id)
     assert stats["ref/cache_hit"] == 0.0
-    _, stats = reference_stage(cfg, pairs, hashes)  # the rescored entry was committed over the bad one
+    _, stats = reference_stage(cfg, pairs, data_id)  # the rescored entry was committed over the bad one
     assert stats["ref/cache_hit"] == 1.0
 
 
 def test_key_changes_with_each_input(tiny_model_dir, pairs_jsonl, tmp_path) -> None:
     base = small_overrides(tiny_model_dir, pairs_jsonl, str(tmp_path / "run"))
     cfg = load_config(None, base)
-    _, hashes = _prepare(cfg, tmp_path / "run")
-    key, _ = reference_key(cfg, hashes)
-    assert reference_key(cfg, list(reversed(hashes)))[0] == key  # order-free
-    assert reference_key(load_config(None, [*base, "loss.beta=0.5", "train.learning_rate=1e-4"]), hashes)[0] == key
+    pairs, data_id = _prepare(cfg, tmp_path / "run")
+    row_hashes = _hashes(pairs)
+    # The sum Ray tasks computed block by block is the one over the kept rows, in any order.
+    assert data_id == DataId.of(row_hashes) == DataId.of(row_hashes[::2] + row_hashes[1::2])
+    key, _ = reference_key(cfg, data_id)
+    assert reference_key(load_config(None, [*base, "loss.beta=0.5", "train.learning_rate=1e-4"]), data_id)[0] == key
 
     weights = tmp_path / "weights"
     shutil.copytree(tiny_model_dir, weights)
@@ -96,29 +102,29 @@ def test_key_changes_with_each_input(tiny_model_dir, pairs_jsonl, tmp_path) -> N
     conf = json.loads((tokenizer / "tokenizer_config.json").read_text())
     (tokenizer / "tokenizer_config.json").write_text(json.dumps({**conf, "model_max_length": 77}))
     shorter = load_config(None, [*base, "data.max_length=24"])
-    _, shorter_hashes = _prepare(shorter, tmp_path / "run2")
+    _, shorter_id = _prepare(shorter, tmp_path / "run2")
 
     misses = {
-        "weights": reference_key(load_config(None, [*base, f"model.name_or_path={weights}"]), hashes)[0],
-        "tokenizer": reference_key(load_config(None, [*base, f"model.name_or_path={tokenizer}"]), hashes)[0],
-        "data": reference_key(cfg, hashes[1:])[0],
-        "max_length": reference_key(shorter, shorter_hashes)[0],
-        "dtype": reference_key(load_config(None, [*base, "reference.dtype=bfloat16"]), hashes)[0],
+        "weights": reference_key(load_config(None, [*base, f"model.name_or_path={weights}"]), data_id)[0],
+        "tokenizer": reference_key(load_config(None, [*base, f"model.name_or_path={tokenizer}"]), data_id)[0],
+        "data": reference_key(cfg, DataId.of(row_hashes[1:]))[0],
+        "max_length": reference_key(shorter, shorter_id)[0],
+        "dtype": reference_key(load_config(None, [*base, "reference.dtype=bfloat16"]), data_id)[0],
     }
-    assert shorter_hashes != hashes  # truncation changed the token ids themselves
+    assert shorter_id != data_id and shorter_id.rows == data_id.rows  # truncation changed the token ids themselves
     assert all(k != key for k in misses.values()), misses
     assert len(set(misses.values())) == len(misses)
 
 
 def test_scoring_survives_a_killed_actor(tiny_model_dir, pairs_jsonl, tmp_path) -> None:
     cfg = load_config(None, small_overrides(tiny_model_dir, pairs_jsonl, str(tmp_path / "run")))
-    pairs, hashes = _prepare(cfg, tmp_path / "run")
+    pairs, data_id = _prepare(cfg, tmp_path / "run")
     clean = _by_row(score_reference(cfg, pairs).materialize())
     marker = tmp_path / "crashed"
     faulty = score_reference(cfg, pairs, crash_marker=str(marker), crash_at_call=2).materialize()
     assert marker.exists()  # an actor really died mid-stage
     got = _by_row(faulty)
-    assert faulty.count() == len(got) == len(hashes)  # complete, exactly one entry per row
+    assert faulty.count() == len(got) == data_id.rows  # complete, exactly one entry per row
     assert all(np.allclose(got[k], clean[k], atol=1e-9) for k in clean)
 
 
@@ -129,7 +135,7 @@ def test_tokenized_cache_hit_and_every_input_changes_the_key(tiny_model_dir, pai
     data = tmp_path / "pairs.jsonl"
     shutil.copy(pairs_jsonl, data)
     cfg = load_config(None, small_overrides(tiny_model_dir, str(data), str(tmp_path / "run")))
-    _, counts, hashes = prepare_pairs(cfg, tmp_path / "run")
+    _, counts, data_id = prepare_pairs(cfg, tmp_path / "run")
     assert counts["data/tokenize_cache_hit"] == 0.0
 
     def no_tokenizing(*args, **kwargs):
@@ -137,8 +143,8 @@ def test_tokenized_cache_hit_and_every_input_changes_the_key(tiny_model_dir, pai
 
     with monkeypatch.context() as m:
         m.setattr(dpo_ray.pipeline, "tokenize", no_tokenizing)
-        _, again, hashes_again = prepare_pairs(cfg, tmp_path / "run")
-    assert again["data/tokenize_cache_hit"] == 1.0 and sorted(hashes_again) == sorted(hashes)
+        _, again, data_id_again = prepare_pairs(cfg, tmp_path / "run")
+    assert again["data/tokenize_cache_hit"] == 1.0 and data_id_again == data_id
     assert {k: v for k, v in again.items() if k != "data/tokenize_cache_hit"} == {k: v for k, v in counts.items() if k != "data/tokenize_cache_hit"}
 
     key = tokenized_key(cfg)[0]
