@@ -83,7 +83,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     state = _restore(engine, rank, loop_config.get("resume_path"))
     stopper = Stopper(cfg.train, **state.stopper)
-    train_batches = _micro_batches(ray.train.get_dataset_shard("train"), cfg, rank, world, steps_per_epoch, state.step)
+    train_batches = micro_batches(ray.train.get_dataset_shard("train"), cfg, rank, world, steps_per_epoch, state.step)
     eval_shard = ray.train.get_dataset_shard("eval")
 
     def log(metrics: dict[str, Any], step: int, checkpoint: bool = False) -> None:
@@ -200,7 +200,7 @@ def _import_deepspeed(use_gpu: bool) -> Any:
     return deepspeed
 
 
-def _micro_batches(
+def micro_batches(
     dataset: Any, cfg: Config, rank: int, world: int, steps_per_epoch: int, start_step: int
 ) -> Iterator[dict[str, np.ndarray]]:
     """Endless micro-batches for this rank, the same stream whatever the worker count.

@@ -221,7 +221,7 @@ def test_killed_worker_and_resumed_run_match_an_uninterrupted_run(tiny_model_dir
 
 def test_one_and_two_workers_follow_the_same_trajectory(tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path) -> None:
     # batch 16 = micro 8 x 2 workers x 1 step = micro 8 x 1 worker x 2 accumulation steps: the same
-    # pairs in every global batch (train_loop._micro_batches), so the same losses.
+    # pairs in every global batch (train_loop.micro_batches), so the same losses.
     runs = {}
     for workers in (1, 2):
         out = tmp_path / f"w{workers}"
