@@ -23,12 +23,13 @@ sys.path.insert(0, str(REPO))
 
 from dpo_ray.collate import collate_pairs  # noqa: E402
 from dpo_ray.config import load_config  # noqa: E402
-from dpo_ray.logprobs import forward_sequence_stats, sorted_sequence_stats  # noqa: E402
+from dpo_ray.logprobs import sorted_sequence_stats  # noqa: E402
 from dpo_ray.modeling import load_model, load_tokenizer  # noqa: E402
 from dpo_ray.pipeline import prepare_pairs, reference_stage, score_reference  # noqa: E402
 from dpo_ray.toy import build_tiny_model, make_preference_rows  # noqa: E402
 
-BATCH = 32
+BATCH = 256  # pairs per scoring call (the reference.batch_size default)
+ROWS = 16  # reference.rows_per_forward
 
 
 def varying_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
@@ -38,7 +39,7 @@ def varying_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
     return [{**r, "prompt": " ".join(["please"] * rng.randint(0, 120)) + " " + r["prompt"]} for r in rows]
 
 
-def bare_loop(model_dir: str, batches: list[dict], threads: int, rows_per_forward: int | None) -> tuple[float, int]:
+def bare_loop(model_dir: str, batches: list[dict], threads: int, by_length: bool) -> tuple[float, int]:
     """The same batches, scored the way the pool scores them, in one process: (seconds, real tokens)."""
     torch.set_num_threads(threads)
     model = load_model(model_dir).eval()
@@ -47,10 +48,7 @@ def bare_loop(model_dir: str, batches: list[dict], threads: int, rows_per_forwar
     with torch.inference_mode():
         for b in batches:
             t = collate_pairs(b["prompt_ids"], b["chosen_ids"], b["rejected_ids"], pad_id=pad)
-            if rows_per_forward:
-                sorted_sequence_stats(model, t, rows_per_forward=rows_per_forward)
-            else:
-                forward_sequence_stats(model, t)
+            sorted_sequence_stats(model, t, rows_per_forward=ROWS, by_length=by_length)
             tokens += int(t["attention_mask"].sum())
     return time.perf_counter() - start, tokens
 
@@ -69,7 +67,7 @@ def main() -> None:
         for bucketing in (False, True):
             cache = work / f"cache-{name}-{bucketing}"
             cfg = load_config(None, [f"model.name_or_path={model_dir}", f"data.path={path}", "data.max_length=256",
-                                     f"reference.batch_size={BATCH}", f"reference.length_bucketing={str(bucketing).lower()}",
+                                     f"reference.batch_size={BATCH}", f"reference.rows_per_forward={ROWS}", f"reference.length_bucketing={str(bucketing).lower()}",
                                      f"reference.cache_dir={cache}", f"output_dir={work / 'out'}"])
             pairs, _, data_id = prepare_pairs(cfg, work / "out")
             start = time.perf_counter()
@@ -77,7 +75,7 @@ def main() -> None:
             pool_s = time.perf_counter() - start
             pads = scored.sum("ref_pad_tokens")
             batches = list(scored.iter_batches(batch_size=BATCH, batch_format="numpy"))
-            bare_s, real = bare_loop(model_dir, batches, threads=1, rows_per_forward=cfg.reference.rows_per_forward if bucketing else None)
+            bare_s, real = bare_loop(model_dir, batches, threads=1, by_length=bucketing)
             _, cold = reference_stage(cfg, pairs, data_id)
             _, warm = reference_stage(cfg, pairs, data_id)
             results.append({
@@ -95,8 +93,9 @@ def main() -> None:
         "notes": (f"Model: Llama built from config, {params / 1e6:.1f}M parameters, fp32 on CPU; one scoring actor "
                   "(1 CPU) vs a bare loop with 1 torch thread over the same batches of "
                   f"{BATCH} pairs. Pool time includes actor start and model load; the bare loop's excludes its model "
-                  "load. With length_bucketing, pairs are sorted by length and each batch's 2B rows run length-sorted, "
-                  "reference.rows_per_forward (16) at a time (pool and bare loop alike). cold_stage_s scores and commits the cache; warm_stage_s reads it "
+                  "load. Each call's 2B rows run reference.rows_per_forward (16) at a time, length-sorted with "
+                  "length_bucketing and in row order without (pool and bare loop alike); no global sort. "
+                  "cold_stage_s scores and commits the cache; warm_stage_s reads it "
                   "back (no model loaded)."),
         "runs": results,
     })

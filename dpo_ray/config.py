@@ -163,18 +163,19 @@ class ReferenceConfig:
     """Largest size of the pool; an autoscaled cluster adds actors up to it."""
     num_gpus_per_actor: float = 0.0
     """GPUs each scoring actor reserves (0 on CPU machines)."""
-    batch_size: int = 32
-    """Pairs per scoring batch."""
+    batch_size: int = 256
+    """Pairs per scoring call: its 2 x batch_size rows are scored rows_per_forward at a time (memory is
+    bounded by rows_per_forward), length-sorted with length_bucketing, so a larger call pads less."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Scoring dtype: auto is bfloat16 when the actor has a GPU, float32 otherwise."""
     cache_dir: str | None = "~/.cache/dpo_ray/reference"
     """Where scored pairs are kept by content key (local, NFS, s3:// or gs://); null turns caching off."""
     length_bucketing: bool = True
-    """Sort pairs by length before batching, and within a batch score the chosen and rejected rows
-    length-sorted, reference.rows_per_forward at a time, so each forward pads little."""
+    """Sort each scoring call's chosen and rejected rows by length before cutting them into forwards
+    of rows_per_forward rows, so each forward pads little; off, rows keep their order."""
     rows_per_forward: int = 16
-    """Sequences per scoring forward when length_bucketing is on (a batch's 2 x batch_size rows run
-    in sorted groups of this many). Smaller pads less; on a GPU with memory to spare, raise it."""
+    """Sequences per scoring forward, each forward as wide as its longest row. Smaller pads less and
+    holds less memory; on a GPU with memory to spare, raise it."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_actors <= self.max_actors:

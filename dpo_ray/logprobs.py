@@ -133,16 +133,18 @@ def split_pairs(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.inference_mode()
-def sorted_sequence_stats(model: torch.nn.Module, batch: dict[str, torch.Tensor], rows_per_forward: int) -> tuple[SequenceStats, torch.Tensor]:
-    """Scoring without gradients: the (2B, T) rows of collate_pairs sorted by length and run
-    ``rows_per_forward`` at a time, each group cut to its own longest row, so a chosen row does
-    not pad to its longer rejected partner. Returns the stats in row order and each row's pad count.
-    Per-row results equal one plain forward's (right padding, causal attention)."""
+def sorted_sequence_stats(model: torch.nn.Module, batch: dict[str, torch.Tensor], rows_per_forward: int,
+                          by_length: bool = True) -> tuple[SequenceStats, torch.Tensor]:
+    """Scoring without gradients: the (2B, T) rows of collate_pairs sorted by length (``by_length``;
+    else in row order) and run ``rows_per_forward`` at a time, each group cut to its own longest row,
+    so a chosen row does not pad to its longer rejected partner and memory is bounded by the group.
+    Returns the stats in row order and each row's pad count. Per-row results equal one plain
+    forward's (right padding, causal attention)."""
     lengths = batch["attention_mask"].sum(-1)
     chosen_len, rejected_len = split_pairs(batch["completion_mask"][:, 1:].sum(-1))
     shared = torch.minimum(chosen_len, rejected_len)
     prefix = torch.cat([shared, shared])
-    order = torch.argsort(lengths, stable=True)
+    order = torch.argsort(lengths, stable=True) if by_length else torch.arange(len(lengths), device=lengths.device)
     parts, pads = [], torch.zeros_like(lengths)
     for start in range(0, len(order), rows_per_forward):
         rows = order[start:start + rows_per_forward]

@@ -301,20 +301,19 @@ def _real_tokens(batch: dict[str, Any]) -> dict[str, Any]:
 def score_reference(cfg: Config, pairs: ray.data.Dataset, crash_marker: str | None = None, crash_at_call: int = 0) -> ray.data.Dataset:
     """Add the reference columns with an autoscaling actor pool of ReferenceScorer.
 
-    With length bucketing, pairs are sorted by padded width first so each batch pads little
-    (the trainer reshuffles). ``crash_*`` is the fault test's hook (see ReferenceScorer).
+    Length bucketing happens inside each call: its 2 x reference.batch_size rows are sorted by length
+    and scored reference.rows_per_forward at a time. No global sort: it was a barrier before the
+    first forward (a shuffle of every token id) and cost more than the padding it saved.
+    ``crash_*`` is the fault test's hook (see ReferenceScorer).
     """
     ref = cfg.reference
     blocks = max(4 * ref.max_actors, 8)  # a single block would run on one actor only
-    pairs = pairs.repartition(blocks)
-    if ref.length_bucketing:
-        pairs = pairs.sort("seq_len")
-    return pairs.map_batches(
+    return pairs.repartition(blocks).map_batches(
         ReferenceScorer,
         fn_constructor_kwargs={
             "name_or_path": cfg.model.name_or_path, "revision": cfg.model.revision,
             "dtype": ref.dtype, "use_gpu": ref.num_gpus_per_actor > 0, "trust_remote_code": cfg.model.trust_remote_code,
-            "rows_per_forward": ref.rows_per_forward if ref.length_bucketing else None,
+            "rows_per_forward": ref.rows_per_forward, "length_bucketing": ref.length_bucketing,
             "crash_marker": crash_marker, "crash_at_call": crash_at_call,
         },
         compute=ray.data.ActorPoolStrategy(min_size=ref.min_actors, max_size=ref.max_actors),

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from dpo_ray.collate import collate_pairs
-from dpo_ray.logprobs import forward_sequence_stats, sorted_sequence_stats, split_pairs
+from dpo_ray.logprobs import sorted_sequence_stats, split_pairs
 from dpo_ray.modeling import load_model, load_tokenizer, resolve_dtype
 
 
@@ -20,11 +20,12 @@ class ReferenceScorer:
 
     def __init__(self, name_or_path: str, revision: str | None, dtype: str, use_gpu: bool,
                  crash_marker: str | None = None, crash_at_call: int = 0, trust_remote_code: bool = False,
-                 rows_per_forward: int | None = 16) -> None:
+                 rows_per_forward: int = 16, length_bucketing: bool = True) -> None:
         # Test hook for the fault test: the first actor to reach call ``crash_at_call`` creates
         # ``crash_marker`` and dies; Ray restarts the actor and retries its batch.
         self.crash_marker, self.crash_at_call, self.calls = crash_marker, crash_at_call, 0
-        self.rows_per_forward = rows_per_forward  # None: one (2B, T) forward per batch
+        # Each call's 2B rows run rows_per_forward at a time, length-sorted with length_bucketing.
+        self.rows_per_forward, self.length_bucketing = rows_per_forward, length_bucketing
         self.device = torch.device("cuda" if use_gpu else "cpu")
         self.pad_id = load_tokenizer(name_or_path, revision, trust_remote_code).pad_token_id
         # An actor given several GPUs (reference.num_gpus_per_actor > 1) spreads the layers over
@@ -46,10 +47,8 @@ class ReferenceScorer:
             os._exit(1)
         tensors = collate_pairs(batch["prompt_ids"], batch["chosen_ids"], batch["rejected_ids"], pad_id=self.pad_id)
         tensors = {k: v.to(self.device) for k, v in tensors.items()}
-        if self.rows_per_forward:  # length-sorted groups of rows instead of one (2B, T) forward
-            stats, pads = sorted_sequence_stats(self.model, tensors, rows_per_forward=self.rows_per_forward)
-        else:
-            stats, pads = forward_sequence_stats(self.model, tensors), (tensors["attention_mask"] == 0).sum(-1)
+        stats, pads = sorted_sequence_stats(self.model, tensors, rows_per_forward=self.rows_per_forward,
+                                            by_length=self.length_bucketing)
         chosen, rejected = split_pairs(stats.logps.double().cpu())
         chosen_prefix, rejected_prefix = split_pairs(stats.prefix_logps.double().cpu())
         return {
@@ -57,6 +56,6 @@ class ReferenceScorer:
             "ref_chosen_logps": chosen.numpy(), "ref_rejected_logps": rejected.numpy(),
             # LD-DPO reads the shared-length prefix; keeping it makes the cache independent of alpha.
             "ref_chosen_prefix_logps": chosen_prefix.numpy(), "ref_rejected_prefix_logps": rejected_prefix.numpy(),
-            # Pad tokens this row cost in its (2B, T) batch: the length-bucketing figure of merit.
+            # Pad tokens this row cost in its forward: the length-bucketing figure of merit.
             "ref_pad_tokens": pads.cpu().view(2, -1).sum(0).numpy(),
         }

@@ -80,9 +80,12 @@ def test_length_sorted_scoring_matches_one_forward_with_less_padding(tiny_model_
     with torch.no_grad():
         plain = forward_sequence_stats(model, batch)
     for rows in (1, 3, 4, 8):
-        grouped, pads = sorted_sequence_stats(model, batch, rows_per_forward=rows)
-        for field in ("logps", "num_tokens", "logits_sum", "prefix_logps"):
-            assert torch.allclose(getattr(plain, field), getattr(grouped, field), atol=1e-5), (rows, field)
-        assert pads.sum() <= (batch["attention_mask"] == 0).sum()
+        for by_length in (True, False):
+            grouped, pads = sorted_sequence_stats(model, batch, rows_per_forward=rows, by_length=by_length)
+            for field in ("logps", "num_tokens", "logits_sum", "prefix_logps"):
+                assert torch.allclose(getattr(plain, field), getattr(grouped, field), atol=1e-5), (rows, by_length, field)
+            assert pads.sum() <= (batch["attention_mask"] == 0).sum()
     assert sorted_sequence_stats(model, batch, rows_per_forward=1)[1].sum() == 0  # one row per forward: no pads
     assert sorted_sequence_stats(model, batch, rows_per_forward=4)[1].sum() < (batch["attention_mask"] == 0).sum()
+    unsorted = sorted_sequence_stats(model, batch, rows_per_forward=4, by_length=False)[1].sum()
+    assert sorted_sequence_stats(model, batch, rows_per_forward=4)[1].sum() < unsorted
