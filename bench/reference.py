@@ -60,11 +60,14 @@ def main() -> None:
     model_dir = str(build_tiny_model(work / "model", rows + varying_rows(200), hidden_size=256, num_layers=4, num_heads=4))
     params = sum(p.numel() for p in load_model(model_dir).parameters())
     sets = {"quickstart": rows, "varying_lengths": varying_rows(2000)}
+    # Steady state: the quickstart set and twice it (more pairs of the same kind), bucketing on. The
+    # pool's extra seconds for the extra tokens is its throughput net of actor start and model load.
+    sets["quickstart_x2"] = rows + make_preference_rows(3000, seed=1)
     results = []
     for name, data in sets.items():
         path = work / f"{name}.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in data))
-        for bucketing in (False, True):
+        for bucketing in ((True,) if name == "quickstart_x2" else (False, True)):
             cache = work / f"cache-{name}-{bucketing}"
             cfg = load_config(None, [f"model.name_or_path={model_dir}", f"data.path={path}", "data.max_length=256",
                                      f"reference.batch_size={BATCH}", f"reference.rows_per_forward={ROWS}", f"reference.length_bucketing={str(bucketing).lower()}",
@@ -76,18 +79,29 @@ def main() -> None:
             pads = scored.sum("ref_pad_tokens")
             batches = list(scored.iter_batches(batch_size=BATCH, batch_format="numpy"))
             bare_s, real = bare_loop(model_dir, batches, threads=1, by_length=bucketing)
-            _, cold = reference_stage(cfg, pairs, data_id)
-            _, warm = reference_stage(cfg, pairs, data_id)
+            stage = {}
+            if name != "quickstart_x2":  # the cache runs: once per set is enough
+                _, cold = reference_stage(cfg, pairs, data_id)
+                _, warm = reference_stage(cfg, pairs, data_id)
+                stage = {"cold_stage_s": round(cold["ref/seconds"], 2), "warm_stage_s": round(warm["ref/seconds"], 2),
+                         "warm_cache_hit": bool(warm["ref/cache_hit"])}
             results.append({
-                "data": name, "length_bucketing": bucketing, "pairs": data_id.rows,
+                "data": name, "length_bucketing": bucketing, "pairs": data_id.rows, "tokens": real,
                 "pad_fraction": round(pads / (pads + real), 4),
                 "pool_tokens_per_s": round(real / pool_s), "bare_loop_tokens_per_s": round(real / bare_s),
                 "pool_vs_bare": round(bare_s / pool_s, 3),
                 "pool_seconds_incl_actor_start": round(pool_s, 2), "bare_seconds_excl_model_load": round(bare_s, 2),
-                "cold_stage_s": round(cold["ref/seconds"], 2), "warm_stage_s": round(warm["ref/seconds"], 2),
-                "warm_cache_hit": bool(warm["ref/cache_hit"]),
+                **stage,
             })
             print(results[-1], flush=True)
+    one, two = (next(r for r in results if r["data"] == d and r["length_bucketing"]) for d in ("quickstart", "quickstart_x2"))
+    marginal = (two["tokens"] - one["tokens"]) / (two["pool_seconds_incl_actor_start"] - one["pool_seconds_incl_actor_start"])
+    steady = {
+        "pool_marginal_tokens_per_s": round(marginal), "bare_loop_tokens_per_s": two["bare_loop_tokens_per_s"],
+        "pool_vs_bare": round(marginal / two["bare_loop_tokens_per_s"], 3),
+        "pool_fixed_seconds": round(one["pool_seconds_incl_actor_start"] - one["tokens"] / marginal, 2),
+    }
+    print(steady, flush=True)
     write_result("reference", {
         "command": "python bench/reference.py",
         "notes": (f"Model: Llama built from config, {params / 1e6:.1f}M parameters, fp32 on CPU; one scoring actor "
@@ -98,6 +112,11 @@ def main() -> None:
                   "cold_stage_s scores and commits the cache; warm_stage_s reads it "
                   "back (no model loaded)."),
         "runs": results,
+        "steady_state": steady,
+        "steady_state_notes": ("pool_marginal_tokens_per_s = (tokens(quickstart_x2) - tokens(quickstart)) / (pool "
+                               "seconds(quickstart_x2) - pool seconds(quickstart)), bucketing on: the pool's rate net of "
+                               "its fixed cost (actor process start, imports, model load, repartition); "
+                               "pool_fixed_seconds is that fixed cost; bare_loop_tokens_per_s is on quickstart_x2."),
     })
 
 

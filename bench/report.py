@@ -14,7 +14,7 @@ OUT = Path(__file__).resolve().parent / "RESULTS.md"
 def _table(rows: list[dict[str, Any]]) -> list[str]:
     keys = list(rows[0])
     return ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)] + [
-        "| " + " | ".join(f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |" for r in rows
+        "| " + " | ".join(f"{r[k]:.4g}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys) + " |" for r in rows
     ]
 
 

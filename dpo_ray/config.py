@@ -263,6 +263,9 @@ class LossConfig:
         return list(self.weights) if self.weights is not None else [1.0] * len(self.type)
 
 
+REPORT_TO = ("tensorboard", "mlflow")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     learning_rate: float = 5e-7
@@ -334,8 +337,14 @@ class TrainConfig:
     logps_chunk_size: int | None = None
     """Apply the LM head this many positions at a time (recomputed in backward), so the full
     (2B, T, vocab) logits never exist at once; for large vocabularies. Off: one plain forward."""
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Live metric sinks, as TRL's report_to: tensorboard (<output_dir>/tensorboard, written at each
+    report) and mlflow (MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME); [] for none."""
 
     def __post_init__(self) -> None:
+        unknown = sorted(set(self.report_to) - set(REPORT_TO))
+        if unknown:
+            raise ConfigError(f"train.report_to: unknown {unknown}; choose from {list(REPORT_TO)}")
         positive = {
             "max_steps": self.max_steps, "batch_size": self.batch_size,
             "micro_batch_size": self.micro_batch_size, "num_workers": self.num_workers,

@@ -33,6 +33,7 @@ from dpo_ray.plots import plot_curves, write_tensorboard
 from dpo_ray.ref_cache import CacheStore, DataId, cache_key, model_identity, versions
 from dpo_ray.reference import ReferenceScorer
 from dpo_ray.stopping import TrainingError, total_steps
+from dpo_ray.tracking import LiveTracking, finish_mlflow, start_mlflow
 from dpo_ray.train_loop import train_loop_per_worker
 
 TOKEN_COLUMNS = ["row_id", "prompt_ids", "chosen_ids", "rejected_ids", "mixture"]
@@ -74,12 +75,20 @@ def run(
         "resume_path": resume_path,
         **(fault_injection or {}),
     }
+    mlflow_run = start_mlflow(cfg, run_name or out.name)
+    live = LiveTracking(str(out), "tensorboard" in cfg.train.report_to, mlflow_run)
     trainer = build_trainer(cfg, prepared.train, prepared.eval, loop_extra, run_name=run_name,
-                            callbacks=callbacks(prepared.stats) if callbacks else None)
-    result = trainer.fit()
-
-    run_stats = {**prepared.stats, "perf/total_seconds": time.perf_counter() - started}
-    return _write_outputs(cfg, out, result, run_stats)
+                            callbacks=[live, *(callbacks(prepared.stats) if callbacks else [])])
+    try:
+        result = trainer.fit()
+        run_stats = {**prepared.stats, "perf/total_seconds": time.perf_counter() - started,
+                     **({"mlflow_run_id": mlflow_run.run_id} if mlflow_run else {})}
+        summary = _write_outputs(cfg, out, result, run_stats)
+    except BaseException:
+        finish_mlflow(mlflow_run, None, failed=True)
+        raise
+    finish_mlflow(mlflow_run, summary, failed=False)
+    return summary
 
 
 @dataclass(frozen=True)
@@ -279,8 +288,7 @@ def reference_stage(cfg: Config, pairs: ray.data.Dataset, data_id: DataId) -> tu
             return scored, {"ref/cache_hit": 1.0, "ref/skipped": 0.0, "ref/seconds": time.perf_counter() - start,
                             "ref/pad_fraction": manifest["pad_fraction"], "ref/key": key}
     scored = score_reference(cfg, pairs).materialize()
-    pads = scored.sum("ref_pad_tokens")
-    real = scored.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"]).map_batches(_real_tokens, batch_format="numpy").sum("tokens")
+    pads, real = scored.sum(["ref_pad_tokens", "ref_tokens"]).values()
     pad_fraction = pads / (pads + real) if pads + real else 0.0
     if store is not None:
         data_uri = store.new_data_uri(key)
@@ -290,12 +298,6 @@ def reference_stage(cfg: Config, pairs: ray.data.Dataset, data_id: DataId) -> tu
     print(f"reference: scored {data_id.rows} pairs ({key}), pad fraction {pad_fraction:.3f}", flush=True)
     return scored, {"ref/cache_hit": 0.0, "ref/skipped": 0.0, "ref/seconds": time.perf_counter() - start,
                     "ref/pad_fraction": pad_fraction, "ref/key": key}
-
-
-def _real_tokens(batch: dict[str, Any]) -> dict[str, Any]:
-    """Non-pad tokens of each pair's two rows: 2 |prompt| + |chosen| + |rejected|."""
-    lengths = [2 * len(p) + len(c) + len(r) for p, c, r in zip(batch["prompt_ids"], batch["chosen_ids"], batch["rejected_ids"])]
-    return {"tokens": np.asarray(lengths, dtype=np.int64)}
 
 
 def score_reference(cfg: Config, pairs: ray.data.Dataset, crash_marker: str | None = None, crash_at_call: int = 0) -> ray.data.Dataset:
@@ -477,7 +479,9 @@ def _write_outputs(cfg: Config, out: Path, result: Any, run_stats: dict[str, flo
     final = {k: v for k, v in result.metrics.items() if k != "step"}
     summary: dict[str, Any] = {**run_stats, **initial, **final, "model_dir": str(out / "model")}
     plot_curves(history, out / "curves.png")
-    write_tensorboard(history, out / "tensorboard")
+    shutil.rmtree(out / "tensorboard", ignore_errors=True)  # the live events; rewritten whole, each step once
+    if "tensorboard" in cfg.train.report_to:
+        write_tensorboard(history, out / "tensorboard")
     _atomic_write(out / "config.yaml", cfg.to_yaml())
     _atomic_write(out / "metrics.json", json.dumps(summary, indent=2, sort_keys=True))
     previous = out / ".model.previous"

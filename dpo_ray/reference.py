@@ -58,4 +58,5 @@ class ReferenceScorer:
             "ref_chosen_prefix_logps": chosen_prefix.numpy(), "ref_rejected_prefix_logps": rejected_prefix.numpy(),
             # Pad tokens this row cost in its forward: the length-bucketing figure of merit.
             "ref_pad_tokens": pads.cpu().view(2, -1).sum(0).numpy(),
+            "ref_tokens": tensors["attention_mask"].sum(-1).cpu().view(2, -1).sum(0).numpy(),  # real tokens scored
         }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,9 @@ pytestmark = pytest.mark.ray
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_local():
+    # Ray's processes inherit the environment: the MLflow client in Train's controller may use a
+    # local file store (the stop_loss test tracks to one).
+    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
@@ -153,11 +157,28 @@ def test_combined_losses_with_wpo_and_ld(tiny_model_dir: str, pairs_jsonl: str, 
     assert math.isfinite(summary["eval/rewards/accuracies"])
 
 
-def test_stop_loss_ends_the_run_early(tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path) -> None:
+def test_stop_loss_ends_the_run_early(tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from test_tracking import read_scalars
+
     out = tmp_path / "run"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
     # Step 1 runs before any update, so its loss is ln 2 = 0.6931; any later improvement stops the run.
-    summary = run(load_config(None, small_overrides(tiny_model_dir, pairs_jsonl, str(out), **{"train.max_steps": 30, "train.stop_loss": 0.6931})))
+    summary = run(load_config(None, small_overrides(tiny_model_dir, pairs_jsonl, str(out), **{
+        "train.max_steps": 30, "train.stop_loss": 0.6931, "train.report_to": "[tensorboard,mlflow]"})))
     assert summary["stop_reason"] == "stop_loss"
+    # Tracking: the MLflow run has every logged step's train loss and the summary, and is FINISHED;
+    # TensorBoard holds each logged step once (the live events were rewritten from the history).
+    history = [json.loads(line) for line in (out / "metrics_history.jsonl").read_text().splitlines()]
+    logged = {int(row["step"]): row["train/loss"] for row in history if "train/loss" in row}
+    client = MlflowClient((tmp_path / "mlruns").as_uri())
+    mlflow_run = client.get_run(summary["mlflow_run_id"])
+    assert mlflow_run.info.status == "FINISHED" and mlflow_run.data.params["train.stop_loss"] == "0.6931"
+    assert {m.step: m.value for m in client.get_metric_history(mlflow_run.info.run_id, "train/loss")} == pytest.approx(logged)
+    assert mlflow_run.data.metrics["final/train/steps"] == summary["train/steps"]
+    scalars = read_scalars(out / "tensorboard")
+    assert {step: v for (tag, step), v in scalars.items() if tag == "train/loss"} == pytest.approx(logged)
     assert 2 <= summary["train/steps"] < 30
     assert (out / "model").exists()
 

@@ -1,0 +1,136 @@
+"""Live run tracking: a Ray Train callback that sees each report as it happens (orchestration ring).
+
+``train.report_to`` picks the sinks, as TRL's ``report_to`` does:
+- ``tensorboard`` (default): event files under ``<output_dir>/tensorboard`` while the run goes; at the
+  end pipeline._write_outputs rewrites them from the whole history (a resumed or restarted run then
+  shows each step once).
+- ``mlflow``: one MLflow run per dpo_ray run, at ``MLFLOW_TRACKING_URI`` (MLflow's default when
+  unset) in experiment ``MLFLOW_EXPERIMENT_NAME`` (default ``dpo_ray``): the config as params, every
+  report's metrics at its step, the summary at the end, and the status (FINISHED, or FAILED when
+  training raised or stopped on a non-finite loss). The driver creates and ends the run; the callback,
+  which Ray Train runs in its controller process, only logs metrics to it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray.train import UserCallback
+
+from dpo_ray.config import Config
+
+
+@dataclass(frozen=True)
+class MlflowRun:
+    tracking_uri: str | None
+    run_id: str
+
+
+def numeric(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
+
+
+def start_mlflow(cfg: Config, run_name: str) -> MlflowRun | None:
+    """Create the MLflow run (config flattened as params) when train.report_to has mlflow."""
+    if "mlflow" not in cfg.train.report_to:
+        return None
+    from mlflow.tracking import MlflowClient
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    client = MlflowClient(uri)
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "dpo_ray")
+    experiment = client.get_experiment_by_name(name)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
+    run = client.create_run(experiment_id, run_name=run_name, tags={"output_dir": cfg.output_dir})
+    from mlflow.entities import Param
+
+    params = [Param(k, str(v)[:6000]) for k, v in _flatten(cfg.to_dict()).items()]
+    for i in range(0, len(params), 100):  # MLflow takes at most 100 params a batch
+        client.log_batch(run.info.run_id, params=params[i:i + 100])
+    return MlflowRun(uri, run.info.run_id)
+
+
+def finish_mlflow(run: MlflowRun | None, summary: dict[str, Any] | None, failed: bool) -> None:
+    """Log the summary (when there is one) and end the run."""
+    if run is None:
+        return
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(run.tracking_uri)
+    if summary:
+        step = int(summary.get("train/steps", 0))
+        _log_metrics(client, run.run_id, {f"final/{k}": v for k, v in numeric(summary).items()}, step)
+    client.set_terminated(run.run_id, "FAILED" if failed else "FINISHED")
+
+
+class LiveTracking(UserCallback):
+    """Writes each report's metrics as it arrives: TensorBoard scalars, MLflow metrics."""
+
+    def __init__(self, output_dir: str, tensorboard: bool, mlflow_run: MlflowRun | None) -> None:
+        self.tensorboard_dir = str(Path(output_dir, "tensorboard")) if tensorboard else None
+        self.mlflow_run = mlflow_run
+        self._writer: Any = None
+        self._client: Any = None
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        row = metrics[0]  # rank 0's; every rank reports the same all-reduced values
+        if "step" not in row:  # the final report: the summary, not a step
+            self._close()
+            return
+        step, values = int(row["step"]), numeric(row)
+        if self.tensorboard_dir:
+            # tensorboardX's SummaryWriter queues events for a thread (flush() does not drain it); the
+            # record writer underneath writes synchronously, so `tensorboard --logdir` sees this step now.
+            from tensorboardX.event_file_writer import EventsWriter
+            from tensorboardX.proto.event_pb2 import Event
+            from tensorboardX.summary import scalar
+
+            if self._writer is None:
+                os.makedirs(self.tensorboard_dir, exist_ok=True)
+                self._writer = EventsWriter(os.path.join(self.tensorboard_dir, "events"))
+            for name, value in values.items():
+                self._writer.write_event(Event(wall_time=time.time(), step=step, summary=scalar(name, value)))
+            self._writer.flush()
+        if self.mlflow_run:
+            if self._client is None:
+                from mlflow.tracking import MlflowClient
+
+                self._client = MlflowClient(self.mlflow_run.tracking_uri)
+            _log_metrics(self._client, self.mlflow_run.run_id, values, step)
+
+    def after_exception(self, run_context: Any, worker_exceptions: Any) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    def _close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def _log_metrics(client: Any, run_id: str, values: dict[str, float], step: int) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(_mlflow_name(k), v, now, step) for k, v in values.items()]
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[i:i + 1000])
+
+
+def _mlflow_name(name: str) -> str:
+    """MLflow metric names allow letters, digits, _ - . space : and /; others become _."""
+    return "".join(c if c.isalnum() or c in "_-. :/" else "_" for c in name)
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
