@@ -400,10 +400,6 @@ class Config:
     overwrite_output_dir: bool = False
     """Replace the results of an earlier run in output_dir; without it such a run stops at once."""
 
-    def __post_init__(self) -> None:
-        if self.model.lora.r > 0 and self.train.zero_stage == 3:
-            raise ConfigError("model.lora with train.zero_stage=3 is not supported yet; use ZeRO 0-2 (LoRA's states are small)")
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

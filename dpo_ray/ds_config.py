@@ -7,16 +7,27 @@ from typing import Any
 from dpo_ray.config import TrainConfig
 
 
-def build_ds_config(train: TrainConfig) -> dict[str, Any]:
+MIN_BUCKET = 5_000_000  # elements: a floor so small models do not reduce in thousands of tiny pieces
+
+
+def build_ds_config(train: TrainConfig, hidden_size: int | None = None) -> dict[str, Any]:
     """ZeRO stage, batch arithmetic, clipping and precision for deepspeed.initialize.
 
     The optimizer and scheduler are passed to deepspeed.initialize as torch objects, so no
     "optimizer" section: DeepSpeed then needs no JIT-built FusedAdam (see RAY-DEEPSPEED-NOTES.md).
+    With the model's ``hidden_size``, ZeRO-3's buffers scale with the model as the HF Trainer's
+    "auto" values do (reduce bucket hidden^2, prefetch 0.9 hidden^2, persistence 10 hidden), floored at
+    MIN_BUCKET elements; DeepSpeed's defaults (a 5e8-element reduce bucket, 1.9 GiB in fp32, on
+    every rank) would otherwise outweigh a small model's partitioned state.
     """
     zero: dict[str, Any] = {"stage": train.zero_stage}
     if train.zero_stage == 3:
         # Gather the full weights at save time so export writes one HF model.
         zero["stage3_gather_16bit_weights_on_model_save"] = True
+        if hidden_size:
+            zero["reduce_bucket_size"] = max(hidden_size * hidden_size, MIN_BUCKET)
+            zero["stage3_prefetch_bucket_size"] = max(int(0.9 * hidden_size * hidden_size), MIN_BUCKET)
+            zero["stage3_param_persistence_threshold"] = 10 * hidden_size
     if train.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
     if train.offload_params:

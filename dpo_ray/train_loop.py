@@ -6,8 +6,10 @@ Everything arrives through ``train_loop_config``; the typed config is rebuilt on
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import resource
 import tempfile
 import time
 from collections.abc import Iterator
@@ -78,7 +80,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     scheduler = get_scheduler(SCHEDULERS[cfg.train.lr_scheduler], optimizer,
                               num_warmup_steps=cfg.train.warmup_steps(steps), num_training_steps=steps)
     engine, _, _, scheduler = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=build_ds_config(cfg.train)
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=build_ds_config(cfg.train, getattr(model.config, "hidden_size", None))
     )
 
     state = _restore(engine, rank, loop_config.get("resume_path"))
@@ -142,6 +144,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             break
 
     perf = {
+        **_memory_figures(device),
         "perf/pairs_per_second": state.pairs_done / state.train_seconds,
         "perf/tokens_per_second": state.tokens_done / state.train_seconds,
         "perf/pad_fraction": 1.0 - state.tokens_done / max(state.token_slots_done, 1),
@@ -315,10 +318,13 @@ def _export(engine: Any, tokenizer: Any, cfg: Config, rank: int, history: list[d
 
     def write(tmp: str) -> None:
         model_dir = os.path.join(tmp, "model")
+        module = engine.module
+        if lora.r > 0 and state_dict is not None:  # ZeRO-3 partitioned the PEFT model: rebuild it whole here
+            module = _whole_lora_model(cfg, state_dict)
         if lora.r > 0 and lora.export == "adapter":
-            engine.module.save_pretrained(model_dir)  # adapter_config.json + adapter weights
+            module.save_pretrained(model_dir)  # adapter_config.json + adapter weights
         elif lora.r > 0:
-            engine.module.merge_and_unload().save_pretrained(model_dir)  # end of training: merge in place
+            module.merge_and_unload().save_pretrained(model_dir)  # end of training: merge in place
         else:
             engine.module.save_pretrained(model_dir, state_dict=state_dict)  # None: the module's own weights
         tokenizer.save_pretrained(model_dir)
@@ -327,6 +333,16 @@ def _export(engine: Any, tokenizer: Any, cfg: Config, rank: int, history: list[d
 
     final = {**{k: v for row in history for k, v in row.items() if k != "step"}, **perf}
     _final_report(rank, history, final, write)
+
+
+def _whole_lora_model(cfg: Config, state_dict: dict[str, torch.Tensor]) -> Any:
+    """The PEFT model built afresh on this rank (CPU) and given ZeRO-3's gathered weights."""
+    lora = cfg.model.lora
+    base = load_model(cfg.model.name_or_path, revision=cfg.model.revision, dtype=next(iter(state_dict.values())).dtype,
+                      trust_remote_code=cfg.model.trust_remote_code)
+    model = add_lora(base, r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.target_modules)
+    model.load_state_dict(state_dict, strict=True)
+    return model
 
 
 def _report_failure(rank: int, history: list[dict[str, float]], step: int) -> None:
@@ -344,6 +360,26 @@ def _final_report(rank: int, history: list[dict[str, float]], metrics: dict[str,
                 json.dump(history, f)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def _memory_figures(device: torch.device) -> dict[str, float]:
+    """The largest rank's model-state memory after training (bytes of every live tensor on the
+    device, each storage once: weights, gradients, optimizer states, DeepSpeed's partitions and
+    buffers) and peak memory (RSS on CPU, allocated memory on GPU), in MiB. A collective."""
+    gc.collect()
+    storages: dict[int, int] = {}
+    for obj in gc.get_objects():
+        try:
+            if torch.is_tensor(obj) and obj.device.type == device.type:
+                storage = obj.untyped_storage()
+                storages[storage.data_ptr()] = storage.nbytes()
+        except (RuntimeError, NotImplementedError):  # tensors without storage (meta, some wrappers)
+            continue
+    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # Linux: KiB
+    figures = torch.tensor([sum(storages.values()), peak], dtype=torch.float64, device=device)
+    dist.all_reduce(figures, op=dist.ReduceOp.MAX)
+    return {"perf/model_state_mib": float(figures[0]) / 2**20, "perf/peak_memory_mib": float(figures[1]) / 2**20}
 
 
 def _now(device: torch.device) -> float:

@@ -11,6 +11,10 @@ def test_batch_arithmetic_and_stages() -> None:
     assert ds["zero_optimization"]["stage"] == 3
     assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
     assert "optimizer" not in ds  # a torch optimizer is passed in: no FusedAdam JIT build
+    assert "reduce_bucket_size" not in ds["zero_optimization"]  # no model size given: DeepSpeed's defaults
+    sized = build_ds_config(cfg.train, hidden_size=4096)["zero_optimization"]
+    assert sized["reduce_bucket_size"] == 4096**2 and sized["stage3_param_persistence_threshold"] == 40960
+    assert build_ds_config(cfg.train, hidden_size=64)["zero_optimization"]["reduce_bucket_size"] == 5_000_000
 
 
 def test_bf16_only_on_gpu() -> None:

@@ -255,10 +255,10 @@ def test_one_and_two_workers_follow_the_same_trajectory(tiny_model_dir: str, pai
     assert runs[1]["eval/loss"] == pytest.approx(runs[2]["eval/loss"], abs=1e-5)
 
 
-@pytest.mark.parametrize("export", ["merged", "adapter"])
-def test_lora_run_exports_a_model_that_generates(export: str, tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("export", "zero_stage"), [("merged", 2), ("adapter", 2), ("merged", 3)])
+def test_lora_run_exports_a_model_that_generates(export: str, zero_stage: int, tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path) -> None:
     out = tmp_path / "lora"
-    summary = run(load_config(None, [*small_overrides(tiny_model_dir, pairs_jsonl, str(out), **{"train.learning_rate": 5e-3}),
+    summary = run(load_config(None, [*small_overrides(tiny_model_dir, pairs_jsonl, str(out), **{"train.learning_rate": 5e-3, "train.zero_stage": zero_stage}),
                                      "model.lora.r=4", "model.lora.target_modules=[q_proj,v_proj]", f"model.lora.export={export}"]))
     assert abs(summary["initial_eval/loss"] - math.log(2)) < 1e-4  # the frozen base is the reference
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
