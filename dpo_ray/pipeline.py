@@ -137,11 +137,10 @@ def mixture_rates(cfg: Config, counts: dict[str, Any]) -> list[float]:
 def mixture_copies(batch: dict[str, np.ndarray], rates: list[float], seed: int) -> dict[str, np.ndarray]:
     """Repeat each pair floor(rate) times, plus once for the pairs whose seeded hash falls below
     frac(rate): deterministic, and no pair repeats before every pair of its source has appeared."""
-    seed_bytes = f"mix{seed}".encode()
     copies = []
     for rid, mix in zip(batch["row_id"], batch["mixture"]):
         rate = rates[int(mix)]
-        u = int.from_bytes(hashlib.sha256(seed_bytes + str(rid).encode()).digest()[:8], "big") / 2.0**64
+        u = seeded_hash(f"mix{seed}", str(rid)) / 2.0**64
         copies.append(int(rate) + (u < rate - int(rate)))
     copies = np.asarray(copies, dtype=np.int64)
     out = {k: np.repeat(v, copies, axis=0) for k, v in batch.items()}
@@ -201,21 +200,33 @@ def tokenized_rows(cfg: Config) -> tuple[ray.data.Dataset, float]:
     tokenized cache when its key matches (1.0 = hit), else computed and committed for later runs."""
     keyed = tokenized_key(cfg) if cfg.data.cache_dir else None
     store = CacheStore(cfg.data.cache_dir) if keyed else None
-    manifest = store.read_manifest(keyed[0]) if store else None
-    if manifest is not None:
-        rows = ray.data.read_parquet(manifest["data_uri"]).materialize()
-        if rows.count() == manifest["rows"]:
-            print(f"data: tokenized cache hit ({keyed[0]}): tokenization skipped", flush=True)
-            return rows, 1.0
+    hit = _read_cached(store, keyed[0]) if store and keyed else None
+    if hit is not None:
+        print(f"data: tokenized cache hit ({keyed[0]}): tokenization skipped", flush=True)
+        return hit[0], 1.0
     # Read to the end before the tokenizer actors start: an actor pool holding every CPU would
     # otherwise leave no CPU for the read tasks that feed it (a hang at data.tokenize_actors >= CPUs).
     rows = tokenize(cfg, read_rows(cfg).materialize()).materialize()
-    if store is not None:
-        data_uri = store.new_data_uri(keyed[0])
-        rows.write_parquet(data_uri)
-        store.commit(keyed[0], {"rows": rows.count(), "data_uri": data_uri, "parts": keyed[1],
-                                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    if store and keyed:
+        _commit_cached(store, keyed[0], rows, {"parts": keyed[1]})
     return rows, 0.0
+
+
+def _read_cached(store: CacheStore, key: str, rows: int | None = None) -> tuple[ray.data.Dataset, dict[str, Any]] | None:
+    """A committed cache entry read whole, with its manifest; None when there is none, or when its
+    row count is not the manifest's (or ``rows``): a partial entry is never used."""
+    manifest = store.read_manifest(key)
+    if manifest is None or (rows is not None and manifest["rows"] != rows):
+        return None
+    ds = ray.data.read_parquet(manifest["data_uri"]).materialize()
+    return (ds, manifest) if ds.count() == manifest["rows"] else None
+
+
+def _commit_cached(store: CacheStore, key: str, ds: ray.data.Dataset, manifest: dict[str, Any]) -> None:
+    """Write ``ds`` to a fresh folder of the entry, then commit the manifest that points to it."""
+    data_uri = store.new_data_uri(key)
+    ds.write_parquet(data_uri)
+    store.commit(key, {**manifest, "rows": ds.count(), "data_uri": data_uri, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 
 def read_rows(cfg: Config) -> ray.data.Dataset:
@@ -280,21 +291,16 @@ def reference_stage(cfg: Config, pairs: ray.data.Dataset, data_id: DataId) -> tu
     start = time.perf_counter()
     key, parts = reference_key(cfg, data_id)
     store = CacheStore(cfg.reference.cache_dir) if cfg.reference.cache_dir else None
-    manifest = store.read_manifest(key) if store else None
-    if manifest is not None and manifest["rows"] == data_id.rows:
-        scored = ray.data.read_parquet(manifest["data_uri"]).materialize()
-        if scored.count() == manifest["rows"]:
-            print(f"reference: cache hit ({key})", flush=True)
-            return scored, {"ref/cache_hit": 1.0, "ref/skipped": 0.0, "ref/seconds": time.perf_counter() - start,
-                            "ref/pad_fraction": manifest["pad_fraction"], "ref/key": key}
+    hit = _read_cached(store, key, rows=data_id.rows) if store else None
+    if hit is not None:
+        print(f"reference: cache hit ({key})", flush=True)
+        return hit[0], {"ref/cache_hit": 1.0, "ref/skipped": 0.0, "ref/seconds": time.perf_counter() - start,
+                        "ref/pad_fraction": hit[1]["pad_fraction"], "ref/key": key}
     scored = score_reference(cfg, pairs).materialize()
     pads, real = scored.sum(["ref_pad_tokens", "ref_tokens"]).values()
     pad_fraction = pads / (pads + real) if pads + real else 0.0
     if store is not None:
-        data_uri = store.new_data_uri(key)
-        scored.write_parquet(data_uri)
-        store.commit(key, {"rows": scored.count(), "data_uri": data_uri, "parts": parts, "versions": versions(),
-                           "pad_fraction": pad_fraction, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        _commit_cached(store, key, scored, {"parts": parts, "versions": versions(), "pad_fraction": pad_fraction})
     print(f"reference: scored {data_id.rows} pairs ({key}), pad fraction {pad_fraction:.3f}", flush=True)
     return scored, {"ref/cache_hit": 0.0, "ref/skipped": 0.0, "ref/seconds": time.perf_counter() - start,
                     "ref/pad_fraction": pad_fraction, "ref/key": key}
@@ -325,16 +331,19 @@ def score_reference(cfg: Config, pairs: ray.data.Dataset, crash_marker: str | No
     )
 
 
+def seeded_hash(seed: str, key: str) -> int:
+    """A 64-bit number from SHA-256 of seed + key: the same in every process, run and block layout."""
+    return int.from_bytes(hashlib.sha256((seed + key).encode()).digest()[:8], "big")
+
+
 def deterministic_shuffle(ds: ray.data.Dataset, seed: int, drop: tuple[str, ...] = ()) -> ray.data.Dataset:
     """Shuffle by sorting on a seeded hash of each row id: the same order in every run, whatever
     the block layout upstream (Ray's random_shuffle depends on it), so restarts replay exactly."""
-    seed_bytes = str(seed).encode()
-
     def add_key(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids = [str(rid) for rid in batch["row_id"]]
         if "copy" in batch:  # a repeated pair (mixture): each copy its own place
             ids = [f"{rid}#{c}" for rid, c in zip(ids, batch["copy"])]
-        keys = [int.from_bytes(hashlib.sha256(seed_bytes + rid.encode()).digest()[:8], "big") >> 1 for rid in ids]
+        keys = [seeded_hash(str(seed), rid) >> 1 for rid in ids]  # >> 1: fits an int64 sort column
         return {**batch, "_order": np.asarray(keys, dtype=np.int64)}
 
     return ds.map_batches(add_key, batch_format="numpy").sort("_order").drop_columns(["_order", *drop])
