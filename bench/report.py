@@ -31,6 +31,8 @@ def main() -> None:
     for path in sorted(RESULTS.glob("*.json")):
         data = json.loads(path.read_text())
         lines += [f"## {path.stem}", "", f"Machine: {_machine(data['machine'])}", ""]
+        if (RESULTS / "plots" / f"{path.stem}.png").exists():  # bench/plots.py
+            lines += [f"![{path.stem}](results/plots/{path.stem}.png)", ""]
         if "command" in data:
             lines += [f"Command: `{data['command']}`", ""]
         for key, value in data.items():

@@ -1,0 +1,95 @@
+"""Charts of the benchmark results: bench/results/*.json -> bench/results/plots/*.png.
+
+python bench/plots.py   (bench/run_all.py calls it; bench/report.py links the charts from RESULTS.md)
+Each chart draws only figures a results file holds; a missing file is skipped with a line saying so.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from common import RESULTS  # noqa: E402
+
+PLOTS = RESULTS / "plots"
+
+
+def _bars(ax: Any, labels: list[str], series: dict[str, list[float]], ylabel: str) -> None:
+    width = 0.8 / len(series)
+    for i, (name, values) in enumerate(series.items()):
+        xs = [x + (i - (len(series) - 1) / 2) * width for x in range(len(labels))]
+        ax.bar(xs, values, width, label=name)
+    ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+
+
+def reference(data: dict[str, Any], ax: Any) -> None:
+    runs = data["runs"]
+    labels = [f"{r['data']}\n{'bucketed' if r['length_bucketing'] else 'unbucketed'}" for r in runs]
+    _bars(ax, labels, {"actor pool (incl. actor start)": [r["pool_tokens_per_s"] for r in runs],
+                       "bare loop": [r["bare_loop_tokens_per_s"] for r in runs]}, "real tokens / s")
+    ax.set_title("Reference scoring: 1 actor vs a bare forward loop")
+
+
+def padding(data: dict[str, Any], ax: Any) -> None:
+    runs = data["runs"]
+    labels = [f"{r['data']}\nmicro {r['micro_batch_size']}" for r in runs]
+    _bars(ax, labels, {"ungrouped": [100 * r["ungrouped"] for r in runs], "length-grouped": [100 * r["grouped"] for r in runs]},
+          "pad tokens, % of slots")
+    ax.set_title("Train micro-batches: padding")
+
+
+def memory(data: dict[str, Any], ax: Any) -> None:
+    runs = data["runs"]
+    labels = [f"ZeRO-{r['zero_stage']}\n{r['workers']} worker{'s' if r['workers'] > 1 else ''}" for r in runs]
+    _bars(ax, labels, {"model state": [r["model_state_mib_per_worker"] for r in runs],
+                       "peak RSS": [r["peak_memory_mib_per_worker"] for r in runs]}, "MiB per worker")
+    ax.set_title(f"Training memory, {data['parameters'] / 1e6:.0f}M parameters")
+
+
+def data_stage(data: dict[str, Any], ax: Any) -> None:
+    rows = data["throughput"] + data["memory"][1:] + data["cache"][1:]
+    labels = [f"{r['pairs'] // 1000}k, {r['cpus']} CPU\n{'cache hit' if r['tokenize_cache_hit'] else 'tokenize'}" for r in rows]
+    _bars(ax, labels, {"pairs / s (tokenize)": [r["tokenize_pairs_per_s"] for r in rows]}, "pairs / s")
+    twin = ax.twinx()
+    twin.plot(range(len(rows)), [r["peak_rss_mib"] for r in rows], "ko-", label="driver peak RSS (MiB)")
+    twin.set_ylim(0, max(r["peak_rss_mib"] for r in rows) * 1.3)
+    twin.legend(fontsize=8, loc="lower right")
+    ax.set_title("Data stage")
+
+
+def sweep(data: dict[str, Any], ax: Any) -> None:
+    arms = data["arms"]
+    _bars(ax, [a["arm"] for a in arms], {"total wall seconds": [a["total_wall_s"] for a in arms]}, "seconds")
+    ax.set_title(f"{arms[0]['runs']} (beta, lr) configs")
+
+
+CHARTS: dict[str, Callable[[dict[str, Any], Any], None]] = {
+    "reference": reference, "padding": padding, "memory": memory, "data": data_stage, "sweep": sweep,
+}
+
+
+def main() -> None:
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    for name, draw in CHARTS.items():
+        path = RESULTS / f"{name}.json"
+        if not path.exists():
+            print(f"{path}: not there; run bench/{name}.py first")
+            continue
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        draw(json.loads(path.read_text()), ax)
+        fig.tight_layout()
+        fig.savefig(PLOTS / f"{name}.png", dpi=110)
+        plt.close(fig)
+        print(f"wrote {PLOTS / f'{name}.png'}")
+
+
+if __name__ == "__main__":
+    main()

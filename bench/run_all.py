@@ -1,0 +1,66 @@
+"""Every benchmark, one after another, then the charts and RESULTS.md.
+
+python bench/run_all.py [--only data,reference,...] [--smoke]
+
+Each bench writes bench/results/<name>.json (machine, versions, date, command, how it was measured);
+bench/plots.py draws bench/results/plots/*.png and bench/report.py renders bench/RESULTS.md from them.
+The benches run one at a time (they time themselves and expect the machine to be otherwise idle).
+Seen on the 2-core CPU machine: data 6 min, reference 13 min, padding 1 min, memory 6 min; sweep
+runs 8 configs in three arms (the TRL arm needs the bench extra: pip install -e ".[bench]").
+--smoke runs the benches that have a small mode (data, sweep) in it, into a scratch directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+# name -> (full command args, smoke args or None when the bench has no small mode)
+BENCHES: dict[str, tuple[list[str], list[str] | None]] = {
+    "data": ([], ["--smoke"]),
+    "reference": ([], None),
+    "padding": ([], None),
+    "memory": ([], None),
+    "losses": ([], None),
+    "quickstart": ([], None),
+    "sweep": ([], ["--smoke"]),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", help="comma-separated bench names: " + ",".join(BENCHES))
+    parser.add_argument("--smoke", action="store_true", help="small modes only, results to a scratch directory")
+    args = parser.parse_args()
+    names = args.only.split(",") if args.only else list(BENCHES)
+    unknown = [n for n in names if n not in BENCHES]
+    if unknown:
+        raise SystemExit(f"--only: unknown bench {unknown}; choose from {list(BENCHES)}")
+    scratch = tempfile.mkdtemp(prefix="bench-smoke-") if args.smoke else None
+    failed = []
+    for name in names:
+        full, smoke = BENCHES[name]
+        if args.smoke and smoke is None:
+            print(f"[run_all] {name}: no small mode, skipped in --smoke", flush=True)
+            continue
+        cmd = [sys.executable, str(BENCH / f"{name}.py"), *(smoke + ["--results-dir", scratch] if args.smoke else full)]
+        print(f"[run_all] {' '.join(cmd)}", flush=True)
+        start = time.perf_counter()
+        code = subprocess.run(cmd, cwd=BENCH.parent).returncode
+        print(f"[run_all] {name}: exit {code} after {time.perf_counter() - start:.0f} s", flush=True)
+        if code:
+            failed.append(name)
+    if not args.smoke:
+        for tool in ("plots", "report"):
+            subprocess.run([sys.executable, str(BENCH / f"{tool}.py")], cwd=BENCH.parent, check=True)
+    if failed:
+        raise SystemExit(f"[run_all] failed: {failed}")
+
+
+if __name__ == "__main__":
+    main()
