@@ -28,6 +28,7 @@ from dpo_ray.data import (
 )
 from dpo_ray.data_report import build_data_report, merge_summaries, summarize_block
 from dpo_ray.objective import REF_COLUMNS
+from dpo_ray.outputs import join, local_output
 from dpo_ray.modeling import resolve_dtype
 from dpo_ray.plots import plot_curves, write_tensorboard
 from dpo_ray.ref_cache import CacheStore, DataId, cache_key, model_identity, versions
@@ -56,13 +57,17 @@ def run(
     share one data and reference stage, the ``prepared`` datasets.
     """
     cfg = resolve_paths(config)
-    out = Path(cfg.output_dir)
-    _check_output_dir(out, cfg.overwrite_output_dir)
     resume_path = find_checkpoint(cfg.train.resume_from) if cfg.train.resume_from else None
+    with local_output(cfg.output_dir, cfg.overwrite_output_dir) as out:  # a staging folder for a URI
+        return _run(cfg, out, resume_path, fault_injection, run_name, callbacks, prepared)
+
+
+def _run(cfg: Config, out: Path, resume_path: str | None, fault_injection: dict[str, Any] | None, run_name: str | None,
+         callbacks: Callable[[dict[str, Any]], list[Any]] | None, prepared: Prepared | None) -> dict[str, Any]:
     _start_ray()
     started = time.perf_counter()
     if prepared is None:
-        prepared = prepare_datasets(cfg)
+        prepared = prepare_datasets(cfg, out)
     else:  # this run scored and tokenized nothing: it reads what the shared stage prepared
         prepared = Prepared(prepared.train, prepared.eval, {
             **prepared.stats, "data/tokenize_cache_hit": 1.0, "ref/seconds": 0.0,
@@ -100,9 +105,10 @@ class Prepared:
     stats: dict[str, Any]
 
 
-def prepare_datasets(cfg: Config) -> Prepared:
-    """Data stage, reference stage (cached), train/eval split, the seeded train order. ``cfg`` is resolved."""
-    kept, counts, data_id = prepare_pairs(cfg, Path(cfg.output_dir))
+def prepare_datasets(cfg: Config, out: Path | None = None) -> Prepared:
+    """Data stage, reference stage (cached), train/eval split, the seeded train order. ``cfg`` is
+    resolved; data_report.json goes to ``out`` (default: output_dir, a local path)."""
+    kept, counts, data_id = prepare_pairs(cfg, out or Path(cfg.output_dir))
     if cfg.loss.reference_free():
         scored, ref_stats = kept, {"ref/skipped": 1.0, "ref/cache_hit": 0.0, "ref/seconds": 0.0}
     else:
@@ -152,8 +158,9 @@ def precompute_reference(config: Config) -> dict[str, Any]:
     """The data and reference stages alone: warm the cache (before a sweep, say). Returns stats."""
     cfg = resolve_paths(config)
     _start_ray()
-    kept, counts, data_id = prepare_pairs(cfg, Path(cfg.output_dir))
-    _, ref_stats = reference_stage(cfg, kept, data_id)
+    with local_output(cfg.output_dir, overwrite=True) as out:  # only data_report.json goes there
+        kept, counts, data_id = prepare_pairs(cfg, out)
+        _, ref_stats = reference_stage(cfg, kept, data_id)
     return {**counts, **ref_stats, "cache_dir": cfg.reference.cache_dir or ""}
 
 
@@ -364,7 +371,7 @@ def build_trainer(cfg: Config, train_ds: ray.data.Dataset, eval_ds: ray.data.Dat
         ),
         run_config=RunConfig(
             name=run_name or f"train-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=str(Path(cfg.output_dir) / "ray"),
+            storage_path=join(cfg.output_dir, "ray"),  # a URI output_dir: checkpoints go there directly
             checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep),
             failure_config=FailureConfig(max_failures=t.max_failures),
             callbacks=callbacks,
@@ -384,14 +391,6 @@ def find_checkpoint(path: str) -> str:
         raise ConfigError(f"train.resume_from={path}: no checkpoint found (looked for ray/*/checkpoint_*/run_state.json); "
                           "was the run started with train.checkpoint_every?")
     return str(found[-1].parent)
-
-
-def _check_output_dir(out: Path, overwrite: bool) -> None:
-    if (out / "model").exists() and not overwrite:
-        raise ConfigError(
-            f"output_dir {out} already holds a finished run (model/); "
-            "choose another output_dir or set overwrite_output_dir=true"
-        )
 
 
 FLAG_COLUMNS = ["row_id", "row_hash", "source", "error", "drop_reason", "drop_detail", "warning", "is_eval", "mixture"]
@@ -486,7 +485,7 @@ def _write_outputs(cfg: Config, out: Path, result: Any, run_stats: dict[str, flo
         shutil.copytree(Path(ckpt, "model"), staged)
     initial = {f"initial_{k}": v for k, v in history[0].items() if k.startswith("eval/")}
     final = {k: v for k, v in result.metrics.items() if k != "step"}
-    summary: dict[str, Any] = {**run_stats, **initial, **final, "model_dir": str(out / "model")}
+    summary: dict[str, Any] = {**run_stats, **initial, **final, "model_dir": join(cfg.output_dir, "model")}
     plot_curves(history, out / "curves.png")
     shutil.rmtree(out / "tensorboard", ignore_errors=True)  # the live events; rewritten whole, each step once
     if "tensorboard" in cfg.train.report_to:

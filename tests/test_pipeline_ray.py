@@ -321,3 +321,27 @@ def test_explicit_eval_source(tiny_model_dir: str, pairs_jsonl: str, tmp_path: P
     assert set(prepared.train.to_pandas()["mixture"]) == {0} and set(prepared.eval.to_pandas()["mixture"]) == {1}
     assert prepared.stats["data/sources/held/train_pairs"] == 0 and prepared.stats["data/sources/train/eval_pairs"] == 0
     assert prepared.stats["data/eval_pairs"] == prepared.stats["data/sources/held/eval_pairs"] > 90
+
+
+def test_output_dir_on_a_uri_is_staged_and_uploaded(tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path) -> None:
+    """output_dir=s3://... / gs://... take the same path as this file:// URI (pyarrow's filesystems)."""
+    import tempfile
+
+    from dpo_ray.config import ConfigError
+
+    bucket = tmp_path / "bucket"
+    uri = (bucket / "run").as_uri()
+    stages = lambda: set(Path(tempfile.gettempdir()).glob("dpo_ray-output-*"))  # noqa: E731
+    before = stages()
+    summary = run(load_config(None, small_overrides(tiny_model_dir, pairs_jsonl, uri, **{"train.checkpoint_every": 2})))
+    remote = bucket / "run"
+    assert summary["model_dir"] == f"{uri}/model"
+    assert (remote / "model" / "model.safetensors").exists() and (remote / "model" / "tokenizer.json").exists()
+    assert json.loads((remote / "metrics.json").read_text())["train/steps"] == 4
+    assert {"data_report.json", "config.yaml", "metrics_history.jsonl", "curves.png"} <= {p.name for p in remote.iterdir()}
+    assert load_config(remote / "config.yaml").output_dir == uri
+    assert list(remote.glob("ray/*/checkpoint_*"))  # Ray Train wrote its checkpoints to the URI itself
+    assert (bucket / "run-refcache").is_dir() and (bucket / "run-datacache").is_dir()  # caches on the URI too
+    assert stages() == before  # the local staging folder is gone
+    with pytest.raises(ConfigError, match="already holds a finished run"):
+        run(load_config(None, small_overrides(tiny_model_dir, pairs_jsonl, uri)))

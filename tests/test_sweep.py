@@ -62,6 +62,14 @@ def test_eval_loss_is_allowed_when_the_loss_is_not_searched(tmp_path: Path) -> N
     assert settings.resolved_mode() == "min"
 
 
+def test_sweep_refuses_an_object_store_output_dir(tmp_path: Path) -> None:
+    from dpo_ray.sweep import run_sweep
+
+    base, settings = load_sweep(_sweep_file(tmp_path), ["output_dir=s3://bucket/sweep"])
+    with pytest.raises(ConfigError, match="output_dir s3://bucket/sweep: a sweep keeps its trials"):
+        run_sweep(base, settings)  # refused before Ray starts
+
+
 def test_rows_sort_best_first_with_missing_values_last() -> None:
     rows = [{"m": 0.5}, {"m": float("nan")}, {"m": 0.9}, {}, {"m": 0.7}]
     assert [r.get("m") for r in sort_rows(rows, "m", "max")][:3] == [0.9, 0.7, 0.5]

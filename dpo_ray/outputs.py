@@ -1,0 +1,74 @@
+"""Where a run's outputs go: a local (or mounted) output_dir, or an object-store URI.
+
+For ``output_dir=s3://...`` / ``gs://...`` (any URI pyarrow opens, ``file://`` included) the run
+writes to a local staging folder and uploads it when the run ends, ``metrics.json`` last: a reader
+that finds ``metrics.json`` finds a finished run. Ray Train writes its checkpoints to
+``<output_dir>/ray`` itself, so workers on any node reach them. No Ray import here.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from dpo_ray.config import ConfigError
+
+FINISHED_MARK = "metrics.json"
+
+
+def is_remote(output_dir: str) -> bool:
+    return "://" in output_dir
+
+
+def join(output_dir: str, name: str) -> str:
+    return f"{output_dir.rstrip('/')}/{name}" if is_remote(output_dir) else str(Path(output_dir) / name)
+
+
+@contextmanager
+def local_output(output_dir: str, overwrite: bool) -> Iterator[Path]:
+    """The folder the run writes to: output_dir itself, or for a URI a staging folder that is
+    uploaded when the block ends (whatever it holds, also after an error: the data report, the
+    history) and then removed. A finished run there is refused unless ``overwrite``."""
+    if not is_remote(output_dir):
+        out = Path(output_dir)
+        if (out / "model").exists() and not overwrite:
+            raise ConfigError(f"output_dir {out} already holds a finished run (model/); "
+                              "choose another output_dir or set overwrite_output_dir=true")
+        yield out
+        return
+    fs, base = _open(output_dir)
+    if fs.get_file_info(f"{base}/{FINISHED_MARK}").type == pafs.FileType.File and not overwrite:
+        raise ConfigError(f"output_dir {output_dir} already holds a finished run ({FINISHED_MARK}); "
+                          "choose another output_dir or set overwrite_output_dir=true")
+    stage = Path(tempfile.mkdtemp(prefix="dpo_ray-output-"))
+    try:
+        yield stage
+    finally:
+        upload(stage, output_dir)
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def upload(stage: Path, output_dir: str) -> None:
+    """Copy the staging folder to the URI: other files first, then model/, then metrics.json."""
+    fs, base = _open(output_dir)
+    if fs.get_file_info(f"{base}/{FINISHED_MARK}").type == pafs.FileType.File:
+        fs.delete_file(f"{base}/{FINISHED_MARK}")  # an overwritten run is not finished until the new mark
+    files = [p for p in stage.rglob("*") if p.is_file()]
+    order = sorted(files, key=lambda p: (p.name == FINISHED_MARK and p.parent == stage, p.relative_to(stage).parts[0] == "model", str(p)))
+    for path in order:
+        target = f"{base.rstrip('/')}/{path.relative_to(stage).as_posix()}"
+        fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+        with path.open("rb") as src, fs.open_output_stream(target) as dst:
+            shutil.copyfileobj(src, dst, length=8 * 2**20)
+
+
+def _open(uri: str) -> tuple[pafs.FileSystem, str]:
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except Exception as err:  # pyarrow: unknown scheme, no credentials, bad bucket name
+        raise ConfigError(f"output_dir {uri}: cannot open it ({err}); use a local path, a mounted share, s3:// or gs://") from err
