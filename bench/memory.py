@@ -1,6 +1,7 @@
 """Training memory: model-state memory and peak memory per worker, ZeRO-2 vs ZeRO-3, 1 and 2 workers.
 
 python bench/memory.py [--hidden 768 --layers 12]   -> bench/results/memory.json
+python bench/memory.py --smoke --results-dir /tmp/x   -> a 2-layer, 64-wide model (the code path only)
 
 Issue 6: on a model large enough that weights dominate, ZeRO-3's per-worker model-state memory with
 2 workers must be <= 0.6x of 1 worker. Each run is the real pipeline (pipeline.run) for 2 steps; the
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import ray
 
-from common import write_result
+from common import RESULTS, write_result
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -37,8 +38,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hidden", type=int, default=768)
     parser.add_argument("--layers", type=int, default=12)
-    parser.add_argument("--results-name", default="memory", help="bench/results/<name>.json")
+    parser.add_argument("--smoke", action="store_true", help="a 2-layer, 64-wide model: checks the code path only")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where memory.json goes")
     args = parser.parse_args()
+    if args.smoke:
+        args.hidden, args.layers = 64, 2
     ray.init(address="local", num_cpus=2, log_to_driver=False, include_dashboard=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     work = Path(tempfile.mkdtemp(prefix="bench-mem-"))
@@ -64,8 +68,8 @@ def main() -> None:
             start = time.perf_counter()
             summary = run(cfg)
             row = {"zero_stage": zero, "workers": workers,
-                   "model_state_mib_per_worker": round(summary["perf/model_state_mib"]),
-                   "peak_memory_mib_per_worker": round(summary["perf/peak_memory_mib"]),
+                   "model_state_mib_per_worker": round(summary["perf/model_state_mib"], 1),
+                   "peak_memory_mib_per_worker": round(summary["perf/peak_memory_mib"], 1),
                    "run_seconds": round(time.perf_counter() - start, 1)}
             runs.append(row)
             print(row, flush=True)
@@ -74,8 +78,8 @@ def main() -> None:
               for z in (2, 3)}
     peak_ratios = {f"zero{z}_peak_2_vs_1_workers": round(by[(z, 2)]["peak_memory_mib_per_worker"] / by[(z, 1)]["peak_memory_mib_per_worker"], 3)
                    for z in (2, 3)}
-    path = write_result(args.results_name, {
-        "command": f"python bench/memory.py --hidden {args.hidden} --layers {args.layers}",
+    path = write_result("memory", {
+        "command": "python bench/memory.py " + ("--smoke" if args.smoke else f"--hidden {args.hidden} --layers {args.layers}"),
         "notes": (f"Llama built from config, {params / 1e6:.1f}M parameters, fp32 on CPU (gloo), AdamW; 2 steps of "
                   "4 pairs (simpo: no reference stage); figures are the largest rank's. model_state: bytes of the "
                   "live tensors on the device after training (each storage once), what ZeRO partitions. peak: "
@@ -85,7 +89,7 @@ def main() -> None:
         "runs": runs,
         **ratios, **peak_ratios,
         "zero3_target_met": ratios["zero3_2_vs_1_workers"] <= TARGET,
-    })
+    }, args.results_dir)
     print(ratios, peak_ratios, f"wrote {path}")
 
 

@@ -1,6 +1,7 @@
 """Train batches: pad-token fraction with and without length grouping (train.group_by_length).
 
-python bench/padding.py   -> bench/results/padding.json
+python bench/padding.py                                -> bench/results/padding.json
+python bench/padding.py --smoke --results-dir /tmp/x   -> 300 + 200 pairs, micro-batch 4 only
 
 The train set is the one a run trains on (pipeline.prepare_datasets: tokenized, split, seeded order),
 and the micro-batches are the train loop's own (train_loop.micro_batches, one worker, one epoch),
@@ -10,6 +11,7 @@ collated as the trainer collates them; no model runs, so the figure is exact and
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import ray
 
-from common import write_result
+from common import RESULTS, write_result
 from reference import varying_rows
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,20 +47,24 @@ def epoch_pad_fraction(train_ds: ray.data.Dataset, cfg: Config, steps_per_epoch:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="300 + 200 pairs, micro-batch 4 only")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where padding.json goes")
+    args = parser.parse_args()
     ray.init(address="local", num_cpus=2, log_to_driver=False, include_dashboard=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     work = Path(tempfile.mkdtemp(prefix="bench-pad-"))
-    rows = make_preference_rows(3000, seed=0)
+    rows = make_preference_rows(300 if args.smoke else 3000, seed=0)
     model_dir = str(build_tiny_model(work / "model", rows + varying_rows(200)))
     pad_id = load_tokenizer(model_dir).pad_token_id
     runs = []
-    for name, data in {"quickstart": rows, "varying_lengths": varying_rows(2000)}.items():
+    for name, data in {"quickstart": rows, "varying_lengths": varying_rows(200 if args.smoke else 2000)}.items():
         path = work / f"{name}.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in data))
         base = [f"model.name_or_path={model_dir}", f"data.path={path}", "data.max_length=256", "loss.type=simpo",
                 f"output_dir={work / name}", "overwrite_output_dir=true"]
         prepared = prepare_datasets(resolve_paths(load_config(None, base)))  # reference-free: no scoring needed
-        for micro in MICRO_BATCH_SIZES:
+        for micro in (4,) if args.smoke else MICRO_BATCH_SIZES:
             row = {"data": name, "train_pairs": prepared.stats["data/epoch_train_pairs"], "micro_batch_size": micro}
             for grouped in (False, True):
                 cfg = load_config(None, [*base, "train.batch_size=32", f"train.micro_batch_size={micro}",
@@ -68,13 +74,13 @@ def main() -> None:
             runs.append(row)
             print(row, flush=True)
     path = write_result("padding", {
-        "command": "python bench/padding.py",
+        "command": "python bench/padding.py" + (" --smoke" if args.smoke else ""),
         "notes": ("Pad fraction of one epoch of train micro-batches (train.batch_size=32, one worker), without and with "
                   "train.group_by_length (windows of train.length_group_window=32 micro-batches sorted by padded width, "
                   "then permuted by a seeded RNG). quickstart: 3,000 toy pairs; varying_lengths: 2,000 pairs whose "
                   "prompts carry 0-120 filler words. Tokenizer: the bench's tiny trained tokenizer, data.max_length=256."),
         "runs": runs,
-    })
+    }, args.results_dir)
     print(f"wrote {path}")
 
 

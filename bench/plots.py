@@ -1,6 +1,6 @@
 """Charts of the benchmark results: bench/results/*.json -> bench/results/plots/*.png.
 
-python bench/plots.py   (bench/run_all.py calls it; bench/report.py links the charts from RESULTS.md)
+python bench/plots.py [--results-dir DIR] [--out DIR]   (run_all.py calls it; report.py links the charts)
 Each chart draws only figures a results file holds; a missing file is skipped with a line saying so.
 """
 
@@ -77,18 +77,24 @@ CHARTS: dict[str, Callable[[dict[str, Any], Any], None]] = {
 
 
 def main() -> None:
-    PLOTS.mkdir(parents=True, exist_ok=True)
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where the results JSON files are")
+    parser.add_argument("--out", type=Path, default=PLOTS, help="where the PNGs go")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
     for name, draw in CHARTS.items():
-        path = RESULTS / f"{name}.json"
+        path = args.results_dir / f"{name}.json"
         if not path.exists():
             print(f"{path}: not there; run bench/{name}.py first")
             continue
         fig, ax = plt.subplots(figsize=(8, 4.5))
         draw(json.loads(path.read_text()), ax)
         fig.tight_layout()
-        fig.savefig(PLOTS / f"{name}.png", dpi=110)
+        fig.savefig(args.out / f"{name}.png", dpi=110)
         plt.close(fig)
-        print(f"wrote {PLOTS / f'{name}.png'}")
+        print(f"wrote {args.out / f'{name}.png'}")
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ def _run(cfg: Config, out: Path, resume_path: str | None, fault_injection: dict[
         "resume_path": resume_path,
         **(fault_injection or {}),
     }
-    mlflow_run = start_mlflow(cfg, run_name or out.name)
+    mlflow_run = start_mlflow(cfg, run_name or cfg.output_dir.rstrip("/").rsplit("/", 1)[-1])
     live = LiveTracking(str(out), "tensorboard" in cfg.train.report_to, mlflow_run)
     trainer = build_trainer(cfg, prepared.train, prepared.eval, loop_extra, run_name=run_name,
                             callbacks=[live, *(callbacks(prepared.stats) if callbacks else [])])

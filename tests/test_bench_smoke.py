@@ -1,4 +1,4 @@
-"""The benchmarks' smoke modes (bench/sweep.py, bench/data.py) end to end, into a temp results dir."""
+"""The benchmarks' smoke modes (sweep, data, padding, memory) end to end into a temp results dir, and the charts."""
 
 from __future__ import annotations
 
@@ -54,3 +54,26 @@ def test_data_bench_smoke(tmp_path: Path) -> None:
     assert result["driver_rss_growth"] > -1 and result["driver_rss_flat"] == (result["driver_rss_growth"] < 0.2)
     assert [c["tokenize_cache_hit"] for c in result["cache"]] == [0.0, 1.0]  # the rerun skipped tokenization
     assert result["speedup_2_vs_1_cpu"] > 0 and result["cache_rerun_speedup"] > 0
+
+
+def test_padding_bench_smoke(tmp_path: Path) -> None:
+    result = _smoke("padding.py", tmp_path, timeout=600)
+    runs = {r["data"]: r for r in result["runs"]}
+    assert set(runs) == {"quickstart", "varying_lengths"} and all(r["micro_batch_size"] == 4 for r in runs.values())
+    assert all(0 <= r["grouped"] < 1 and 0 <= r["ungrouped"] < 1 for r in runs.values())
+    assert runs["varying_lengths"]["grouped"] < runs["varying_lengths"]["ungrouped"]  # grouping pads less
+
+
+def test_memory_bench_smoke(tmp_path: Path) -> None:
+    result = _smoke("memory.py", tmp_path, timeout=900)
+    assert [(r["zero_stage"], r["workers"]) for r in result["runs"]] == [(2, 1), (2, 2), (3, 1), (3, 2)]
+    assert all(0 < r["model_state_mib_per_worker"] < r["peak_memory_mib_per_worker"] for r in result["runs"])
+    assert result["zero3_2_vs_1_workers"] > 0 and isinstance(result["zero3_target_met"], bool)
+
+
+def test_plots_draw_every_committed_result(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "plots.py"), "--out", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {p.name for p in tmp_path.glob("*.png")} == {"reference.png", "padding.png", "memory.png", "data.png", "sweep.png"}
+    assert all(p.stat().st_size > 10_000 for p in tmp_path.glob("*.png"))
