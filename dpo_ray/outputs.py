@@ -17,12 +17,9 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from dpo_ray.config import ConfigError
+from dpo_ray.data import is_remote
 
 FINISHED_MARK = "metrics.json"
-
-
-def is_remote(output_dir: str) -> bool:
-    return "://" in output_dir
 
 
 def join(output_dir: str, name: str) -> str:

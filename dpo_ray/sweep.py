@@ -26,7 +26,7 @@ from ray import tune
 from ray.train.v2.api.callback import UserCallback
 
 from dpo_ray.config import Config, ConfigError, resolve_paths
-from dpo_ray.outputs import is_remote
+from dpo_ray.data import is_remote
 from dpo_ray.pipeline import Prepared, _atomic_write, _start_ray, precompute_reference, prepare_datasets, run
 from dpo_ray.plots import plot_sweep
 from dpo_ray.sweep_config import TuneSettings, apply_params, sort_rows
