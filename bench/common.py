@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import json
 import os
 import platform
+import shutil
+import tempfile
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -34,4 +37,11 @@ def write_result(name: str, payload: dict[str, Any], results_dir: Path = RESULTS
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
+    return path
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A fresh temporary directory, removed when the bench exits (models, data, caches, outputs)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, True)
     return path

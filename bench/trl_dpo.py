@@ -6,6 +6,11 @@ The same pairs as dpo_ray trains on: exact duplicates dropped and the eval split
 hash (dpo_ray.data.is_eval_prompt), so both hold out the very same pairs. The model is loaded with
 from_pretrained; TRL keeps a frozen copy as the reference and scores it on every batch (its default,
 precompute_ref_log_probs=False), unless --precompute-ref.
+
+Throughput as bench/throughput.py compares it with dpo_ray's perf/steady_*: the wall time at the end of
+every optimizer step (a TrainerCallback) and the real tokens of every train micro-batch (the collator's
+attention mask, the tokens dpo_ray counts) give pairs/s and tokens/s over the steps after the first
+WARMUP_STEPS, and first_step_time is the Unix time at which step 1 ended.
 """
 
 from __future__ import annotations
@@ -22,6 +27,52 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from dpo_ray.data import is_eval_prompt, row_id  # noqa: E402  (pure ring: no Ray import)
+
+WARMUP_STEPS = 2  # as dpo_ray.train_loop.WARMUP_STEPS (not imported: that module imports Ray and DeepSpeed)
+
+
+class StepClock:
+    """Step-end times and train micro-batch token counts of one Trainer run."""
+
+    def __init__(self) -> None:
+        self.step_ends: list[float] = []
+        self.batch_tokens: list[int] = []
+        self.training = False
+        self.first_step_time = 0.0
+
+    def wrap(self, collator: Any) -> Any:
+        def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
+            batch = collator(examples)
+            if self.training:  # the train loader's batches, in order (precompute and step-0 eval come before)
+                self.batch_tokens.append(int(batch["attention_mask"].sum()))
+            return batch
+        return collate
+
+    def steady(self, batch_size: int, accumulation: int) -> dict[str, float]:
+        """pairs/s and tokens/s over the steps after WARMUP_STEPS (wall time between step ends)."""
+        ends = self.step_ends
+        if len(ends) <= WARMUP_STEPS:
+            return {}
+        seconds = ends[-1] - ends[WARMUP_STEPS - 1]
+        steps = len(ends) - WARMUP_STEPS
+        tokens = sum(self.batch_tokens[WARMUP_STEPS * accumulation:len(ends) * accumulation])
+        return {"steady_pairs_per_second": steps * batch_size / seconds, "steady_tokens_per_second": tokens / seconds,
+                "steady_seconds": seconds}
+
+
+def step_callback(clock: StepClock) -> Any:
+    from transformers import TrainerCallback
+
+    class Callback(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            clock.training = True
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            clock.step_ends.append(time.perf_counter())
+            if state.global_step == 1:
+                clock.first_step_time = time.time()
+
+    return Callback()
 
 
 def split_pairs(path: str, eval_fraction: float) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
@@ -67,6 +118,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--eval-fraction", type=float, default=0.1)
     parser.add_argument("--eval-every", type=int, default=20)
+    parser.add_argument("--model-dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--logging-steps", type=int, default=10)
     parser.add_argument("--warmup-ratio", type=float, default=0.1)
     parser.add_argument("--lr-scheduler", default="cosine", choices=["linear", "cosine", "constant"])
@@ -104,9 +156,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         precompute_ref_log_probs=args.precompute_ref, disable_dropout=True,
     )
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.model_dtype))
+    clock = StepClock()
     trainer = DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(train_rows),
-                         eval_dataset=Dataset.from_list(eval_rows), processing_class=tokenizer)
+                         eval_dataset=Dataset.from_list(eval_rows), processing_class=tokenizer,
+                         callbacks=[step_callback(clock)])
+    trainer.data_collator = clock.wrap(trainer.data_collator)
     initial = eval_metrics(trainer.evaluate())  # step 0, as dpo_ray evaluates before the first step
     train_start = time.perf_counter()
     trainer.train()
@@ -121,6 +176,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "trl": version("trl"), "precompute_ref_log_probs": args.precompute_ref,
         **{f"initial_{k}": v for k, v in initial.items()}, **final,
         "train_seconds": train_seconds, "seconds": time.perf_counter() - started,
+        "first_step_time": clock.first_step_time, **clock.steady(args.batch_size, accumulation),
     }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result), flush=True)

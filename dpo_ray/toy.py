@@ -91,6 +91,7 @@ def build_tiny_model(
     num_layers: int = 2,
     num_heads: int = 4,
     vocab_size: int = 384,
+    max_positions: int = 256,
     seed: int = 0,
 ) -> Path:
     """Train a tokenizer on ``rows``, build a randomly initialised Llama, save both to ``out_dir``."""
@@ -101,7 +102,7 @@ def build_tiny_model(
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 4,
         num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,
-        max_position_embeddings=256, bos_token_id=tokenizer.bos_token_id,
+        max_position_embeddings=max_positions, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
     )

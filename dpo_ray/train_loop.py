@@ -30,6 +30,7 @@ from dpo_ray.modeling import add_lora, load_model, load_tokenizer, resolve_dtype
 from dpo_ray.objective import batch_objective
 from dpo_ray.stopping import Stopper
 
+WARMUP_STEPS = 2  # steps left out of perf/steady_*: allocator and DeepSpeed warm-up, first buckets
 SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 
 
@@ -45,6 +46,12 @@ class RunState:
     token_slots_done: int = 0
     """Tokens computed including padding (perf/pad_fraction = 1 - tokens_done / token_slots_done)."""
     first_step_at: float = 0.0
+    first_step_time: float = 0.0
+    """Wall-clock (Unix) time at which step 1 ended: a bench measures time to first step from its launch."""
+    steady_seconds: float = 0.0
+    steady_pairs: int = 0
+    steady_tokens: int = 0
+    """Like train_seconds, pairs_done and tokens_done, over the steps after the first WARMUP_STEPS."""
     stopper: dict[str, Any] = field(default_factory=dict)
     """Early-stopping and skip counters (Stopper's fields other than the config), filled at save time."""
 
@@ -107,12 +114,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         dist.all_reduce(sums)
         dist.all_reduce(tokens)
         state.step = step
-        state.train_seconds += _now(device) - t0
+        seconds, real_tokens = _now(device) - t0, int(tokens[0].item())
+        state.train_seconds += seconds
         state.pairs_done += cfg.train.batch_size
-        state.tokens_done += int(tokens[0].item())
+        state.tokens_done += real_tokens
         state.token_slots_done += int(tokens[1].item())
+        if step > WARMUP_STEPS:
+            state.steady_seconds += seconds
+            state.steady_pairs += cfg.train.batch_size
+            state.steady_tokens += real_tokens
         if step == 1:
             state.first_step_at = time.perf_counter() - loop_start
+            state.first_step_time = time.time()
         train_metrics = finalize(sums, "train/")
         grad_norm = engine.get_global_grad_norm()
         grad_norm = float(grad_norm) if grad_norm is not None else 0.0
@@ -150,6 +163,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         "perf/pad_fraction": 1.0 - state.tokens_done / max(state.token_slots_done, 1),
         "perf/train_seconds": state.train_seconds,
         "perf/seconds_to_first_step": state.first_step_at,
+        **({"perf/first_step_time": state.first_step_time} if state.first_step_time else {}),
+        **({"perf/steady_pairs_per_second": state.steady_pairs / state.steady_seconds,
+            "perf/steady_tokens_per_second": state.steady_tokens / state.steady_seconds} if state.steady_seconds else {}),
         "perf/num_workers": float(world),
         "placement/worker_nodes": worker_nodes,
         "train/steps": float(state.step),

@@ -1,0 +1,142 @@
+"""Training throughput against TRL's DPOTrainer, and dpo_ray's 1 vs 2 worker scaling.
+
+python bench/throughput.py [--hidden 256 --layers 4 --steps 24]   -> bench/results/throughput.json
+python bench/throughput.py --smoke --results-dir /tmp/x           -> a 2-layer, 64-wide model, 4 steps
+
+Issue 9: same model, data, global batch, sequence length, precision (fp32 on CPU) and step count in
+every arm. dpo_ray: `python pipelines/dpo.py` with cold caches, 2 workers x 1 CPU (the machine) and
+1 worker x 1 CPU (scaling). TRL: bench/trl_dpo.py, one process with torch's default threads (every
+core), its default (a frozen reference model scored on every batch) and precompute_ref_log_probs=True.
+Steady state: pairs/s and real (non-pad) tokens/s over the steps after the first 2, measured inside
+each run (dpo_ray's perf/steady_*, TRL's step-end callback). Time to first step: from the launch of
+the subprocess to the end of optimizer step 1 (Python start, imports, Ray start, tokenization, the
+reference pass where one runs before training, model load, the step-0 eval that both run).
+Targets: dpo_ray >= 1.3x TRL default's pairs/s and >= 1.1x TRL with precomputed reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from common import RESULTS, scratch_dir, write_result
+from reference import varying_rows
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from dpo_ray.modeling import load_model  # noqa: E402
+from dpo_ray.toy import build_tiny_model  # noqa: E402
+
+TARGET_DEFAULT, TARGET_PRECOMPUTE = 1.3, 1.1
+
+
+def run(cmd: list[str]) -> float:
+    """Run ``cmd`` in the repo root with a fresh local Ray; the Unix time it was launched."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    launched = time.time()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)}\nexited {proc.returncode}:\n{(proc.stdout + proc.stderr)[-4000:]}")
+    return launched
+
+
+def dpo_ray_arm(workers: int, setup: dict[str, Any], work: Path) -> dict[str, Any]:
+    out = work / f"dpo_ray-w{workers}"
+    launched = run([sys.executable, "pipelines/dpo.py", f"model.name_or_path={setup['model']}", f"data.path={setup['data']}",
+                    f"data.max_length={setup['max_length']}", f"data.eval_fraction={setup['eval_fraction']}",
+                    "loss.type=sigmoid", "loss.beta=0.1", f"train.max_steps={setup['steps']}",
+                    f"train.batch_size={setup['batch_size']}", f"train.micro_batch_size={setup['micro_batch_size']}",
+                    f"train.num_workers={workers}", "train.cpus_per_worker=1", f"train.eval_every={setup['steps']}",
+                    "train.learning_rate=1e-4", "train.warmup_ratio=0.1", "train.report_to=[]",
+                    f"data.cache_dir={out}-cache/tokenized", f"reference.cache_dir={out}-cache/reference", f"output_dir={out}"])
+    m = json.loads((out / "metrics.json").read_text())
+    return {"arm": f"dpo_ray {workers} worker{'s' if workers > 1 else ''}", "workers": workers,
+            "steady_pairs_per_second": m["perf/steady_pairs_per_second"],
+            "steady_tokens_per_second": m["perf/steady_tokens_per_second"],
+            "seconds_to_first_step": m["perf/first_step_time"] - launched,
+            "reference_seconds": m.get("ref/seconds"), "pad_fraction": m["perf/pad_fraction"],
+            "model_state_mib_per_worker": m.get("perf/model_state_mib"), "peak_memory_mib_per_worker": m.get("perf/peak_memory_mib"),
+            "eval_loss_final": m["eval/loss"]}
+
+
+def trl_arm(precompute: bool, setup: dict[str, Any], work: Path) -> dict[str, Any]:
+    out = work / f"trl-{'pre' if precompute else 'default'}.json"
+    launched = run([sys.executable, "bench/trl_dpo.py", "--model", setup["model"], "--data", setup["data"],
+                    "--max-length", str(setup["max_length"]), "--eval-fraction", str(setup["eval_fraction"]),
+                    "--beta", "0.1", "--learning-rate", "1e-4", "--max-steps", str(setup["steps"]),
+                    "--batch-size", str(setup["batch_size"]), "--micro-batch-size", str(setup["micro_batch_size"]),
+                    "--eval-every", str(setup["steps"]), "--logging-steps", str(setup["steps"]), "--out", str(out),
+                    *(["--precompute-ref"] if precompute else [])])
+    m = json.loads(out.read_text())
+    return {"arm": "TRL precompute_ref_log_probs=True" if precompute else "TRL default", "workers": 1,
+            "steady_pairs_per_second": m["steady_pairs_per_second"], "steady_tokens_per_second": m["steady_tokens_per_second"],
+            "seconds_to_first_step": m["first_step_time"] - launched, "torch_threads": m["torch_threads"],
+            "eval_loss_final": m["eval/loss"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--micro-batch-size", type=int, default=8)
+    parser.add_argument("--smoke", action="store_true", help="a 2-layer, 64-wide model, 4 steps")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if args.smoke:
+        args.hidden, args.layers, args.steps = 64, 2, 4
+    work = scratch_dir("bench-throughput-")
+    pairs = int(args.steps * args.batch_size / 0.95) + 16  # about one epoch: the reference passes score what trains
+    rows = varying_rows(pairs, seed=0)
+    model_dir = build_tiny_model(work / "model", rows, hidden_size=args.hidden, num_layers=args.layers,
+                                 num_heads=max(args.hidden // 64, 1))
+    params = sum(p.numel() for p in load_model(str(model_dir)).parameters())
+    data = work / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    setup = {"model": str(model_dir), "data": str(data), "max_length": 192, "eval_fraction": 0.05, "steps": args.steps,
+             "batch_size": args.batch_size, "micro_batch_size": args.micro_batch_size}
+    arms = [dpo_ray_arm(2, setup, work), dpo_ray_arm(1, setup, work)]
+    has_trl = importlib.util.find_spec("trl") is not None
+    if has_trl:
+        arms += [trl_arm(False, setup, work), trl_arm(True, setup, work)]
+    for a in arms:
+        print(a, flush=True)
+    by = {a["arm"]: a for a in arms}
+    ours = by["dpo_ray 2 workers"]["steady_pairs_per_second"]
+    ratios: dict[str, Any] = {
+        "scaling_2_vs_1_workers": round(ours / by["dpo_ray 1 worker"]["steady_pairs_per_second"], 3),
+        "memory_2_vs_1_workers": round(by["dpo_ray 2 workers"]["peak_memory_mib_per_worker"]
+                                       / by["dpo_ray 1 worker"]["peak_memory_mib_per_worker"], 3),
+    }
+    if has_trl:
+        ratios.update({
+            "vs_trl_default": round(ours / by["TRL default"]["steady_pairs_per_second"], 3),
+            "vs_trl_precompute": round(ours / by["TRL precompute_ref_log_probs=True"]["steady_pairs_per_second"], 3),
+        })
+        ratios["targets_met"] = ratios["vs_trl_default"] >= TARGET_DEFAULT and ratios["vs_trl_precompute"] >= TARGET_PRECOMPUTE
+    command = "python bench/throughput.py " + ("--smoke" if args.smoke else f"--hidden {args.hidden} --layers {args.layers} --steps {args.steps}")
+    path = write_result("throughput", {
+        "command": command,
+        "notes": (f"Llama built from config ({params / 1e6:.2f}M parameters), fp32 on CPU; {pairs} synthetic pairs with "
+                  f"prompts of widely varying length (bench/reference.py varying_rows; 25-190 tokens a sequence, none "
+                  f"truncated at max_length 192), eval fraction 0.05; sigmoid loss, beta 0.1, lr 1e-4; {args.steps} steps "
+                  f"of {args.batch_size} pairs in micro-batches of {args.micro_batch_size}; dpo_ray groups batches by "
+                  "length (its default), TRL pads each micro-batch to its longest pair (its default). "
+                  + __doc__.split("Issue 9: ", 1)[1].split("Targets:", 1)[0].replace("\n", " ").strip()),
+        "parameters": params, "arms": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in a.items()} for a in arms],
+        **ratios, "trl": importlib.util.find_spec("trl") and __import__("trl").__version__,
+    }, args.results_dir)
+    print(ratios, f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
