@@ -20,6 +20,7 @@ matmul blocking differ in the last bits from the policy's; TRL scores both in on
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import statistics
@@ -81,6 +82,8 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="1 seed, 4 steps, sigmoid only")
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if importlib.util.find_spec("trl") is None:
+        raise SystemExit("bench/parity.py compares with TRL, which is not installed: pip install -e \".[bench]\"")
     seeds = [int(s) for s in args.seeds.split(",")]
     losses = list(LOSSES)
     if args.smoke:

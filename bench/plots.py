@@ -71,8 +71,40 @@ def sweep(data: dict[str, Any], ax: Any) -> None:
     ax.set_title(f"{arms[0]['runs']} (beta, lr) configs")
 
 
+def throughput(data: dict[str, Any], ax: Any) -> None:
+    arms = data["arms"]
+    labels = [a["arm"].replace("precompute_ref_log_probs=True", "precomputed ref").replace("dpo_ray ", "dpo_ray\n") for a in arms]
+    _bars(ax, labels, {"steady pairs / s": [a["steady_pairs_per_second"] for a in arms]}, "pairs / s")
+    twin = ax.twinx()
+    twin.plot(range(len(arms)), [a["seconds_to_first_step"] for a in arms], "ko", label="seconds to first step")
+    twin.set_ylim(0, max(a["seconds_to_first_step"] for a in arms) * 1.3)
+    twin.legend(fontsize=8, loc="upper center")
+    ax.set_title("Training throughput, same model, data, batch and steps (CPU)")
+
+
+def parity(data: dict[str, Any], ax: Any) -> None:
+    rows = [r for r in data["comparison"] if r["metric"] != "eval/loss"]
+    labels = [f"{r['loss']}\n{r['metric'].removeprefix('eval/rewards/')}" for r in rows]
+    width = 0.35
+    for i, arm in enumerate(("dpo_ray", "trl")):
+        xs = [x + (i - 0.5) * width for x in range(len(rows))]
+        ax.bar(xs, [r[f"{arm}_mean"] for r in rows], width, yerr=[r[f"{arm}_std"] for r in rows], capsize=4, label=arm)
+    ax.set_xticks(range(len(rows)), labels, fontsize=8)
+    ax.set_ylabel("held-out value (mean, std over seeds)")
+    ax.legend(fontsize=8)
+    ax.set_title("Learning parity with TRL: held-out rewards after the same steps")
+
+
+def mfu(data: dict[str, Any], ax: Any) -> None:
+    _bars(ax, ["measured matmul peak", "dpo_ray training (6 N tokens/s)"],
+          {"GFLOP/s": [data["matmul_peak_gflops"], data["achieved_gflops"]]}, "GFLOP/s")
+    ax.set_title(f"MFU {100 * data['mfu']:.0f}%: {data['parameters'] / 1e6:.0f}M parameters, sequence {data['sequence_length']}, "
+                 f"{data['precision']}")
+
+
 CHARTS: dict[str, Callable[[dict[str, Any], Any], None]] = {
     "reference": reference, "padding": padding, "memory": memory, "data": data_stage, "sweep": sweep,
+    "throughput": throughput, "parity": parity, "mfu": mfu,
 }
 
 

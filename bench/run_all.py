@@ -1,14 +1,16 @@
-"""Every benchmark, one after another, then the charts and RESULTS.md.
+"""The benchmarks, one after another, then the charts and RESULTS.md.
 
-python bench/run_all.py [--only data,reference,...] [--smoke]
+python bench/run_all.py [--all | --only data,reference,...] [--smoke]
+
+By default the comparisons with the peers (throughput and parity against TRL, MFU, sweep cost);
+--all adds the stage benches (data, reference, padding, memory, losses, quickstart).
 
 Each bench writes bench/results/<name>.json (machine, versions, date, command, how it was measured);
 bench/plots.py draws bench/results/plots/*.png and bench/report.py renders bench/RESULTS.md from them.
 The benches run one at a time (they time themselves and expect the machine to be otherwise idle).
-Seen on the 2-core CPU machine: data 6 min, reference 13 min, padding 1 min, memory 6 min; sweep
-runs 8 configs in three arms (the TRL arm needs the bench extra: pip install -e ".[bench]").
---smoke runs the benches that have a small mode (data, padding, memory, sweep) in it, into a scratch
-directory, and draws their charts there.
+Seen on the 2-core CPU machine: data 6 min, reference 13 min, padding 1 min, memory 6 min; the
+default set's times are in bench/RESULTS.md (run_all). TRL arms need the bench extra (pip install -e ".[bench]").
+--smoke runs the benches that have a small mode in it, into a scratch directory, and draws their charts there.
 """
 
 from __future__ import annotations
@@ -20,30 +22,37 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import RESULTS, write_result
+
 BENCH = Path(__file__).resolve().parent
 # name -> (full command args, smoke args or None when the bench has no small mode)
 BENCHES: dict[str, tuple[list[str], list[str] | None]] = {
+    "throughput": ([], ["--smoke"]),
+    "parity": ([], ["--smoke"]),
+    "mfu": ([], ["--smoke"]),
+    "sweep": ([], ["--smoke"]),
     "data": ([], ["--smoke"]),
     "reference": ([], None),
     "padding": ([], ["--smoke"]),
     "memory": ([], ["--smoke"]),
     "losses": ([], None),
     "quickstart": ([], None),
-    "sweep": ([], ["--smoke"]),
 }
+PEERS = ("throughput", "parity", "mfu", "sweep")  # issue 9's comparisons: the default set
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="comma-separated bench names: " + ",".join(BENCHES))
+    parser.add_argument("--all", action="store_true", help="every bench (the stage benches too), not only " + ",".join(PEERS))
     parser.add_argument("--smoke", action="store_true", help="small modes only, results to a scratch directory")
     args = parser.parse_args()
-    names = args.only.split(",") if args.only else list(BENCHES)
+    names = args.only.split(",") if args.only else list(BENCHES) if args.all else list(PEERS)
     unknown = [n for n in names if n not in BENCHES]
     if unknown:
         raise SystemExit(f"--only: unknown bench {unknown}; choose from {list(BENCHES)}")
     scratch = tempfile.mkdtemp(prefix="bench-smoke-") if args.smoke else None
-    failed = []
+    failed, seconds = [], {}
     for name in names:
         full, smoke = BENCHES[name]
         if args.smoke and smoke is None:
@@ -53,9 +62,15 @@ def main() -> None:
         print(f"[run_all] {' '.join(cmd)}", flush=True)
         start = time.perf_counter()
         code = subprocess.run(cmd, cwd=BENCH.parent).returncode
-        print(f"[run_all] {name}: exit {code} after {time.perf_counter() - start:.0f} s", flush=True)
+        seconds[name] = round(time.perf_counter() - start, 1)
+        print(f"[run_all] {name}: exit {code} after {seconds[name]:.0f} s", flush=True)
         if code:
             failed.append(name)
+    if not args.only:  # the time of the whole set, for the "under 30 minutes" figure
+        write_result("run_all", {"command": "python bench/run_all.py" + (" --all" if args.all else "") + (" --smoke" if args.smoke else ""),
+                                 "notes": "Wall seconds of each bench script (a fresh Python process each), one after another.",
+                                 "seconds": seconds, "total_minutes": round(sum(seconds.values()) / 60, 1), "failed": failed},
+                     Path(scratch) if scratch else RESULTS)
     if args.smoke:
         subprocess.run([sys.executable, str(BENCH / "plots.py"), "--results-dir", scratch, "--out", f"{scratch}/plots"],
                        cwd=BENCH.parent, check=True)

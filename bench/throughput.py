@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,8 @@ def main() -> None:
             "vs_trl_precompute": round(ours / by["TRL precompute_ref_log_probs=True"]["steady_pairs_per_second"], 3),
         })
         ratios["targets_met"] = ratios["vs_trl_default"] >= TARGET_DEFAULT and ratios["vs_trl_precompute"] >= TARGET_PRECOMPUTE
+    else:
+        ratios["trl_skipped"] = "TRL is not installed: pip install -e \".[bench]\""
     command = "python bench/throughput.py " + ("--smoke" if args.smoke else f"--hidden {args.hidden} --layers {args.layers} --steps {args.steps}")
     path = write_result("throughput", {
         "command": command,
@@ -133,7 +136,7 @@ def main() -> None:
                   "length (its default), TRL pads each micro-batch to its longest pair (its default). "
                   + __doc__.split("Issue 9: ", 1)[1].split("Targets:", 1)[0].replace("\n", " ").strip()),
         "parameters": params, "arms": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in a.items()} for a in arms],
-        **ratios, "trl": importlib.util.find_spec("trl") and __import__("trl").__version__,
+        **ratios, **({"trl": version("trl")} if has_trl else {}),
     }, args.results_dir)
     print(ratios, f"wrote {path}")
 

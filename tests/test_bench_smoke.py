@@ -1,4 +1,4 @@
-"""The benchmarks' smoke modes (sweep, data, padding, memory) end to end into a temp results dir, and the charts."""
+"""The benchmarks' smoke modes end to end into a temp results dir, and the charts."""
 
 from __future__ import annotations
 
@@ -71,9 +71,43 @@ def test_memory_bench_smoke(tmp_path: Path) -> None:
     assert result["zero3_2_vs_1_workers"] > 0 and isinstance(result["zero3_target_met"], bool)
 
 
+def test_throughput_bench_smoke(tmp_path: Path) -> None:
+    result = _smoke("throughput.py", tmp_path, timeout=900)
+    with_trl = importlib.util.find_spec("trl") is not None
+    arms = {a["arm"]: a for a in result["arms"]}
+    assert set(arms) == {"dpo_ray 2 workers", "dpo_ray 1 worker"} | (
+        {"TRL default", "TRL precompute_ref_log_probs=True"} if with_trl else set())
+    for a in arms.values():
+        assert a["steady_pairs_per_second"] > 0 and a["steady_tokens_per_second"] > a["steady_pairs_per_second"]
+        assert 0 < a["seconds_to_first_step"] < 900
+    assert arms["dpo_ray 2 workers"]["workers"] == 2 and arms["dpo_ray 2 workers"]["reference_seconds"] > 0
+    assert result["scaling_2_vs_1_workers"] > 0 and result["memory_2_vs_1_workers"] > 0
+    if with_trl:
+        assert result["vs_trl_default"] > 0 and result["vs_trl_precompute"] > 0 and isinstance(result["targets_met"], bool)
+    else:
+        assert "trl_skipped" in result
+
+
+@pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="parity needs TRL (the dev extra installs it)")
+def test_parity_bench_smoke(tmp_path: Path) -> None:
+    result = _smoke("parity.py", tmp_path, timeout=900)
+    assert {(r["loss"], r["arm"]) for r in result["runs"]} == {("sigmoid", "dpo_ray"), ("sigmoid", "trl")}
+    rows = {r["metric"]: r for r in result["comparison"]}
+    assert set(rows) == {"eval/rewards/accuracies", "eval/rewards/margins", "eval/loss"}
+    assert abs(rows["eval/loss"]["step0_dpo_ray"] - 0.6931) < 1e-3 and abs(rows["eval/loss"]["step0_trl"] - 0.6931) < 1e-3
+    assert result["step0_equal"] is True  # same model, same held-out pairs: loss ln 2 and margins 0 in both
+
+
+def test_mfu_bench_smoke(tmp_path: Path) -> None:
+    result = _smoke("mfu.py", tmp_path, timeout=600)
+    assert result["matmul_peak_gflops"] > 0 and result["pad_fraction"] == 0  # every sequence exactly 512 tokens
+    assert result["achieved_gflops"] > 0 and 0 < result["mfu"] < 1.5 and result["sequence_length"] == 512
+
+
 def test_plots_draw_every_committed_result(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "plots.py"), "--out", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert {p.name for p in tmp_path.glob("*.png")} == {"reference.png", "padding.png", "memory.png", "data.png", "sweep.png"}
+    assert {p.name for p in tmp_path.glob("*.png")} == {f"{name}.png" for name in (
+        "reference", "padding", "memory", "data", "sweep", "throughput", "parity", "mfu")}
     assert all(p.stat().st_size > 10_000 for p in tmp_path.glob("*.png"))
