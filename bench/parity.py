@@ -7,7 +7,8 @@ Issue 9: after the same number of steps the held-out rewards/accuracies, reward 
 must agree within noise. Both arms train the quickstart model on the quickstart pairs with the same
 settings (pipelines/configs/quickstart.yaml: batch 32, max_length 64, lr 1e-3, cosine, warmup 0.1,
 beta 0.1, fp32) and hold out the very same pairs (dpo_ray's prompt-hash split, exact duplicates
-dropped); the seed sets each one's data order. dpo_ray: pipeline.run in this process (one local Ray;
+dropped); the seed sets each one's data order, and dpo_ray's batches are not grouped by length
+(train.group_by_length=false), so both draw batches the same way. dpo_ray: pipeline.run in this process (one local Ray;
 the tokenized and reference caches filled by the first run serve the rest), 2 workers x micro-batch 16.
 TRL: bench/trl_dpo.py, one process, micro-batch 16 x 2 accumulation steps. "Agree" for a metric: the
 difference of the means is within 2 standard errors of that difference (sqrt(s1^2/n + s2^2/n), n seeds)
@@ -48,6 +49,7 @@ def dpo_ray_run(loss: str, seed: int, steps: int, work: Path) -> dict[str, float
     out = work / f"dpo_ray-{loss}-{seed}"
     cfg = load_config(str(REPO / "pipelines" / "configs" / "quickstart.yaml"), [
         f"loss.type={loss}", f"train.seed={seed}", f"train.max_steps={steps}", f"train.eval_every={steps}",
+        "train.group_by_length=false",  # batches drawn as TRL draws them, not of similar lengths
         "train.report_to=[]", f"output_dir={out}", f"data.cache_dir={work / 'cache' / 'tokenized'}",
         f"reference.cache_dir={work / 'cache' / 'reference'}",
     ])

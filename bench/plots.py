@@ -30,6 +30,14 @@ def _bars(ax: Any, labels: list[str], series: dict[str, list[float]], ylabel: st
     ax.legend(fontsize=8)
 
 
+def _line_on_twin(ax: Any, values: list[float], style: str, label: str, loc: str) -> None:
+    """A second series on its own y axis (from 0), over the bars' x positions."""
+    twin = ax.twinx()
+    twin.plot(range(len(values)), values, style, label=label)
+    twin.set_ylim(0, max(values) * 1.3)
+    twin.legend(fontsize=8, loc=loc)
+
+
 def reference(data: dict[str, Any], ax: Any) -> None:
     runs = data["runs"]
     labels = [f"{r['data']}\n{'bucketed' if r['length_bucketing'] else 'unbucketed'}" for r in runs]
@@ -58,10 +66,7 @@ def data_stage(data: dict[str, Any], ax: Any) -> None:
     rows = data["throughput"] + data["memory"][1:] + data["cache"][1:]
     labels = [f"{r['pairs'] // 1000}k, {r['cpus']} CPU\n{'cache hit' if r['tokenize_cache_hit'] else 'tokenize'}" for r in rows]
     _bars(ax, labels, {"pairs / s (tokenize)": [r["tokenize_pairs_per_s"] for r in rows]}, "pairs / s")
-    twin = ax.twinx()
-    twin.plot(range(len(rows)), [r["peak_rss_mib"] for r in rows], "ko-", label="driver peak RSS (MiB)")
-    twin.set_ylim(0, max(r["peak_rss_mib"] for r in rows) * 1.3)
-    twin.legend(fontsize=8, loc="lower right")
+    _line_on_twin(ax, [r["peak_rss_mib"] for r in rows], "ko-", "driver peak RSS (MiB)", "lower right")
     ax.set_title("Data stage")
 
 
@@ -73,12 +78,10 @@ def sweep(data: dict[str, Any], ax: Any) -> None:
 
 def throughput(data: dict[str, Any], ax: Any) -> None:
     arms = data["arms"]
-    labels = [a["arm"].replace("precompute_ref_log_probs=True", "precomputed ref").replace("dpo_ray ", "dpo_ray\n") for a in arms]
+    labels = [a["arm"].replace("precompute_ref_log_probs=True", "precomputed ref").replace("dpo_ray ", "dpo_ray\n")
+              .replace(", no length grouping", "\nungrouped") for a in arms]
     _bars(ax, labels, {"steady pairs / s": [a["steady_pairs_per_second"] for a in arms]}, "pairs / s")
-    twin = ax.twinx()
-    twin.plot(range(len(arms)), [a["seconds_to_first_step"] for a in arms], "ko", label="seconds to first step")
-    twin.set_ylim(0, max(a["seconds_to_first_step"] for a in arms) * 1.3)
-    twin.legend(fontsize=8, loc="upper center")
+    _line_on_twin(ax, [a["seconds_to_first_step"] for a in arms], "ko", "seconds to first step", "upper center")
     ax.set_title("Training throughput, same model, data, batch and steps (CPU)")
 
 

@@ -4,11 +4,13 @@ python bench/throughput.py [--hidden 256 --layers 4 --steps 24]   -> bench/resul
 python bench/throughput.py --smoke --results-dir /tmp/x           -> a 2-layer, 64-wide model, 4 steps
 
 Issue 9: same model, data, global batch, sequence length, precision (fp32 on CPU) and step count in
-every arm. dpo_ray: `python pipelines/dpo.py` with cold caches, 2 workers x 1 CPU (the machine) and
-1 worker x 1 CPU (scaling). TRL: bench/trl_dpo.py, one process with torch's default threads (every
-core), its default (a frozen reference model scored on every batch) and precompute_ref_log_probs=True.
-Steady state: pairs/s and real (non-pad) tokens/s over the steps after the first 2, measured inside
-each run (dpo_ray's perf/steady_*, TRL's step-end callback). Time to first step: from the launch of
+every arm. dpo_ray: `python pipelines/dpo.py` with cold caches, 2 workers x 1 CPU (the machine), the
+same without length grouping (train.group_by_length=false: batches as TRL builds them, so the ratio
+shows what is not saved padding) and 1 worker x 1 CPU (scaling). TRL: bench/trl_dpo.py, one process
+with 2 torch threads (the machine), its default (a frozen reference model scored on every batch) and
+precompute_ref_log_probs=True. Steady state: pairs/s and real (non-pad) tokens/s over the steps after
+the first 2, each step's whole wall time (eval left out), measured inside each run (dpo_ray's
+perf/steady_*, TRL's step-end callback and collator). Time to first step: from the launch of
 the subprocess to the end of optimizer step 1 (Python start, imports, Ray start, tokenization, the
 reference pass where one runs before training, model load, the step-0 eval that both run).
 Targets: dpo_ray >= 1.3x TRL default's pairs/s and >= 1.1x TRL with precomputed reference.
@@ -49,17 +51,19 @@ def run(cmd: list[str]) -> float:
     return launched
 
 
-def dpo_ray_arm(workers: int, setup: dict[str, Any], work: Path) -> dict[str, Any]:
-    out = work / f"dpo_ray-w{workers}"
+def dpo_ray_arm(workers: int, setup: dict[str, Any], work: Path, group_by_length: bool = True) -> dict[str, Any]:
+    out = work / f"dpo_ray-w{workers}{'' if group_by_length else '-ungrouped'}"
     launched = run([sys.executable, "pipelines/dpo.py", f"model.name_or_path={setup['model']}", f"data.path={setup['data']}",
                     f"data.max_length={setup['max_length']}", f"data.eval_fraction={setup['eval_fraction']}",
                     "loss.type=sigmoid", "loss.beta=0.1", f"train.max_steps={setup['steps']}",
                     f"train.batch_size={setup['batch_size']}", f"train.micro_batch_size={setup['micro_batch_size']}",
                     f"train.num_workers={workers}", "train.cpus_per_worker=1", f"train.eval_every={setup['steps']}",
                     "train.learning_rate=1e-4", "train.warmup_ratio=0.1", "train.report_to=[]",
+                    f"train.group_by_length={str(group_by_length).lower()}",
                     f"data.cache_dir={out}-cache/tokenized", f"reference.cache_dir={out}-cache/reference", f"output_dir={out}"])
     m = json.loads((out / "metrics.json").read_text())
-    return {"arm": f"dpo_ray {workers} worker{'s' if workers > 1 else ''}", "workers": workers,
+    name = f"dpo_ray {workers} worker{'s' if workers > 1 else ''}" + ("" if group_by_length else ", no length grouping")
+    return {"arm": name, "workers": workers,
             "steady_pairs_per_second": m["perf/steady_pairs_per_second"],
             "steady_tokens_per_second": m["perf/steady_tokens_per_second"],
             "seconds_to_first_step": m["perf/first_step_time"] - launched,
@@ -75,6 +79,7 @@ def trl_arm(precompute: bool, setup: dict[str, Any], work: Path) -> dict[str, An
                     "--beta", "0.1", "--learning-rate", "1e-4", "--max-steps", str(setup["steps"]),
                     "--batch-size", str(setup["batch_size"]), "--micro-batch-size", str(setup["micro_batch_size"]),
                     "--eval-every", str(setup["steps"]), "--logging-steps", str(setup["steps"]), "--out", str(out),
+                    "--threads", str(setup["cpus"]),
                     *(["--precompute-ref"] if precompute else [])])
     m = json.loads(out.read_text())
     return {"arm": "TRL precompute_ref_log_probs=True" if precompute else "TRL default", "workers": 1,
@@ -104,8 +109,8 @@ def main() -> None:
     data = work / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     setup = {"model": str(model_dir), "data": str(data), "max_length": 192, "eval_fraction": 0.05, "steps": args.steps,
-             "batch_size": args.batch_size, "micro_batch_size": args.micro_batch_size}
-    arms = [dpo_ray_arm(2, setup, work), dpo_ray_arm(1, setup, work)]
+             "batch_size": args.batch_size, "micro_batch_size": args.micro_batch_size, "cpus": 2}
+    arms = [dpo_ray_arm(2, setup, work), dpo_ray_arm(2, setup, work, group_by_length=False), dpo_ray_arm(1, setup, work)]
     has_trl = importlib.util.find_spec("trl") is not None
     if has_trl:
         arms += [trl_arm(False, setup, work), trl_arm(True, setup, work)]
@@ -122,6 +127,9 @@ def main() -> None:
         ratios.update({
             "vs_trl_default": round(ours / by["TRL default"]["steady_pairs_per_second"], 3),
             "vs_trl_precompute": round(ours / by["TRL precompute_ref_log_probs=True"]["steady_pairs_per_second"], 3),
+            # the same without length grouping: the part of the gain that is not saved padding
+            "ungrouped_vs_trl_precompute": round(by["dpo_ray 2 workers, no length grouping"]["steady_pairs_per_second"]
+                                                 / by["TRL precompute_ref_log_probs=True"]["steady_pairs_per_second"], 3),
         })
         ratios["targets_met"] = ratios["vs_trl_default"] >= TARGET_DEFAULT and ratios["vs_trl_precompute"] >= TARGET_PRECOMPUTE
     else:

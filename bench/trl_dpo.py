@@ -40,16 +40,19 @@ class StepClock:
         self.training = False
         self.first_step_time = 0.0
 
-    def wrap(self, collator: Any) -> Any:
+    def wrap(self, collator: Any, model: Any) -> Any:
         def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
             batch = collator(examples)
-            if self.training:  # the train loader's batches, in order (precompute and step-0 eval come before)
+            # the train loader's batches, in order: precompute and the step-0 eval come before training
+            # starts, and an eval inside training collates with the model in eval mode
+            if self.training and model.training:
                 self.batch_tokens.append(int(batch["attention_mask"].sum()))
             return batch
         return collate
 
     def steady(self, batch_size: int, accumulation: int) -> dict[str, float]:
-        """pairs/s and tokens/s over the steps after WARMUP_STEPS (wall time between step ends)."""
+        """pairs/s and tokens/s over the steps after WARMUP_STEPS (wall time between step ends, so an
+        eval inside that window would count: bench/throughput.py evaluates at step 0 and the last step)."""
         ends = self.step_ends
         if len(ends) <= WARMUP_STEPS:
             return {}
@@ -161,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     trainer = DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(train_rows),
                          eval_dataset=Dataset.from_list(eval_rows), processing_class=tokenizer,
                          callbacks=[step_callback(clock)])
-    trainer.data_collator = clock.wrap(trainer.data_collator)
+    trainer.data_collator = clock.wrap(trainer.data_collator, trainer.model)
     initial = eval_metrics(trainer.evaluate())  # step 0, as dpo_ray evaluates before the first step
     train_start = time.perf_counter()
     trainer.train()

@@ -441,12 +441,17 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
     return parsed
 
 
+def is_remote(path: str) -> bool:
+    """A URI (s3://, gs://, file://, hf://...) rather than a local path."""
+    return "://" in path
+
+
 def resolve_paths(config: Config) -> Config:
     """Make local paths absolute so workers with another cwd find them; hub ids stay as given."""
     from dpo_ray.data import looks_like_hub_id  # data imports pyarrow; config stays light to import
 
     def local(path: str) -> str:
-        if "://" not in path and (os.path.exists(path) or not looks_like_hub_id(path)):
+        if not is_remote(path) and (os.path.exists(path) or not looks_like_hub_id(path)):
             return os.path.abspath(path)
         return path
 
@@ -454,7 +459,7 @@ def resolve_paths(config: Config) -> Config:
     if Path(model_path).exists():
         model_path = str(Path(model_path).resolve())
     sources = [dataclasses.replace(s, path=local(s.path)) for s in config.data.sources]
-    output_dir = config.output_dir if "://" in config.output_dir else os.path.abspath(config.output_dir)
+    output_dir = config.output_dir if is_remote(config.output_dir) else os.path.abspath(config.output_dir)
     return dataclasses.replace(
         config,
         model=dataclasses.replace(config.model, name_or_path=model_path),

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from dpo_ray.config import is_remote
 from dpo_ray.formats import RowDrop, normalize_record
 from dpo_ray.ref_cache import file_sha256
 
@@ -33,10 +34,6 @@ class DataError(ValueError):
     """Input data cannot be used; the message names the file, row or column and what to do."""
 
 
-def is_remote(path: str) -> bool:
-    return "://" in path
-
-
 def is_saved_dataset(path: str) -> bool:
     """A directory written by datasets' save_to_disk (a Dataset or a DatasetDict)."""
     return os.path.isdir(path) and any(
@@ -46,7 +43,7 @@ def is_saved_dataset(path: str) -> bool:
 
 def looks_like_hub_id(path: str) -> bool:
     """'name' or 'org/name': no scheme, glob or data-file suffix, not starting with . or /."""
-    return (path.count("/") <= 1 and not path.startswith((".", "/", "~")) and "://" not in path
+    return (path.count("/") <= 1 and not path.startswith((".", "/", "~")) and not is_remote(path)
             and not any(c in path for c in "*?[") and not path.endswith(SUFFIXES))
 
 

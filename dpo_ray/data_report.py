@@ -33,14 +33,13 @@ def summarize_block(flags: pd.DataFrame, duplicates: frozenset[str] = frozenset(
     examples: dict[str, list[list[str]]] = {}
     for reason, group in flags[dropped].assign(_r=reasons[dropped], _d=details[dropped]).groupby("_r", sort=True):
         examples[str(reason)] = [[str(s), str(d)] for s, d in zip(group["source"].head(EXAMPLES_PER_REASON), group["_d"].head(EXAMPLES_PER_REASON))]
-    mixture = flags["mixture"] if "mixture" in flags else pd.Series(0, index=flags.index)
     return {
         "rows": int(len(flags) - errors.sum()),
         "dropped": {str(r): int(n) for r, n in reasons[dropped].value_counts().items()},
         "examples": examples,
         "warnings": {str(w): int(n) for w, n in flags.loc[flags["warning"] != "", "warning"].value_counts().items()},
         "train": int((kept & ~is_eval).sum()), "eval": int((kept & is_eval).sum()),
-        "mixture": {str(int(m)): [int((~e).sum()), int(e.sum())] for m, e in is_eval[kept].groupby(mixture[kept])},
+        "mixture": {str(int(m)): [int((~e).sum()), int(e.sum())] for m, e in is_eval[kept].groupby(flags["mixture"][kept])},
         "errors": [[str(s), str(e)] for s, e in zip(flags.loc[errors, "source"].head(ERRORS_KEPT), flags.loc[errors, "error"].head(ERRORS_KEPT))],
         "error_rows": int(errors.sum()),
         "hash_sum": str(hash_sum(flags.loc[kept, "row_hash"])),

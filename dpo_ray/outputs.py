@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from dpo_ray.config import ConfigError
-from dpo_ray.data import is_remote
+from dpo_ray.config import ConfigError, is_remote
 
 FINISHED_MARK = "metrics.json"
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from dpo_ray.config import is_remote
 from dpo_ray.data_report import hash_sum
 
 KEY_VERSION = 3  # 3: the data part is DataId (row count + sum of row hashes)
@@ -93,8 +94,8 @@ class CacheStore:
     """Manifest reads and writes on a local path or an s3:// / gs:// URI."""
 
     def __init__(self, cache_dir: str) -> None:
-        self.root = cache_dir if "://" in cache_dir else os.path.abspath(os.path.expanduser(cache_dir))
-        self.fs, self.base = pafs.FileSystem.from_uri(self.root if "://" in self.root else f"file://{self.root}")
+        self.root = cache_dir if is_remote(cache_dir) else os.path.abspath(os.path.expanduser(cache_dir))
+        self.fs, self.base = pafs.FileSystem.from_uri(self.root if is_remote(self.root) else f"file://{self.root}")
 
     def entry_uri(self, key: str) -> str:
         return f"{self.root.rstrip('/')}/{key}"

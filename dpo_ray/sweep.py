@@ -25,11 +25,11 @@ import yaml
 from ray import tune
 from ray.train.v2.api.callback import UserCallback
 
-from dpo_ray.config import Config, ConfigError, resolve_paths
-from dpo_ray.data import is_remote
+from dpo_ray.config import Config, ConfigError, is_remote, resolve_paths
 from dpo_ray.pipeline import Prepared, _atomic_write, _start_ray, precompute_reference, prepare_datasets, run
 from dpo_ray.plots import plot_sweep
 from dpo_ray.sweep_config import TuneSettings, apply_params, sort_rows
+from dpo_ray.tracking import is_number
 
 STATE_FILE = "sweep_config.yaml"
 """The base config and tune settings, written when a sweep starts; --resume reads them back."""
@@ -80,7 +80,7 @@ def _trial(params: dict[str, Any], *, base: dict[str, Any], trials_dir: str, met
     cfg = apply_params(base, {**params, "output_dir": f"{trials_dir}/{trial_id}", "overwrite_output_dir": True})
     summary = run(cfg, run_name=f"trial-{trial_id}", callbacks=lambda stats: [EvalToTune(metric, stats)],
                   prepared=prepared)
-    tune.report({k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    tune.report({k: v for k, v in summary.items() if is_number(v)})
 
 
 def run_sweep(base: Config, settings: TuneSettings, *, resume: bool = False) -> dict[str, Any]:
@@ -208,7 +208,7 @@ def _trial_row(out: Path, settings: TuneSettings, trial: Any, result: Any) -> di
         "trial_id": trial.trial_id, "status": trial.status,
         "finished": (out / "trials" / trial.trial_id / "model").is_dir(), "error": error[-1][:300] if error else "",
         **{k: config.get(k) for k in settings.search_space},
-        **{k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and "/" in k},
+        **{k: v for k, v in metrics.items() if is_number(v) and "/" in k},
     }
 
 

@@ -30,8 +30,13 @@ class MlflowRun:
     run_id: str
 
 
+def is_number(value: Any) -> bool:
+    """A metric value a tracker or Tune can take (bools and strings are not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def numeric(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
+    return {k: float(v) for k, v in metrics.items() if is_number(v) and k != "step"}
 
 
 def start_mlflow(cfg: Config, run_name: str) -> MlflowRun | None:
@@ -101,10 +106,6 @@ class LiveTracking(UserCallback):
 
                 self._client = MlflowClient(self.mlflow_run.tracking_uri)
             _log_metrics(self._client, self.mlflow_run.run_id, values, step)
-
-    def after_exception(self, run_context: Any, worker_exceptions: Any) -> None:
-        if self._writer is not None:
-            self._writer.flush()
 
     def _close(self) -> None:
         if self._writer is not None:

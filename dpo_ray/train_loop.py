@@ -51,7 +51,9 @@ class RunState:
     steady_seconds: float = 0.0
     steady_pairs: int = 0
     steady_tokens: int = 0
-    """Like train_seconds, pairs_done and tokens_done, over the steps after the first WARMUP_STEPS."""
+    """Over the steps after the first WARMUP_STEPS: each step's whole wall time (forward, backward,
+    optimizer, all-reduces, metrics and the report barrier; not eval or checkpoints), its pairs and
+    real tokens. train_seconds times the step's compute and all-reduces only."""
     stopper: dict[str, Any] = field(default_factory=dict)
     """Early-stopping and skip counters (Stopper's fields other than the config), filled at save time."""
 
@@ -114,15 +116,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         dist.all_reduce(sums)
         dist.all_reduce(tokens)
         state.step = step
-        seconds, real_tokens = _now(device) - t0, int(tokens[0].item())
-        state.train_seconds += seconds
+        real_tokens = int(tokens[0].item())
+        state.train_seconds += _now(device) - t0
         state.pairs_done += cfg.train.batch_size
         state.tokens_done += real_tokens
         state.token_slots_done += int(tokens[1].item())
-        if step > WARMUP_STEPS:
-            state.steady_seconds += seconds
-            state.steady_pairs += cfg.train.batch_size
-            state.steady_tokens += real_tokens
         if step == 1:
             state.first_step_at = time.perf_counter() - loop_start
             state.first_step_time = time.time()
@@ -143,12 +141,21 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             state.history.append({"step": float(step), **metrics})
             _report_failure(rank, state.history, step)  # the weights may hold NaN now: export nothing
             return
+        not_training = 0.0  # eval and checkpoint seconds, left out of the step's wall time
         if step % cfg.train.eval_every == 0 or step == steps or stop:
+            t_eval = _now(device)
             metrics.update(_evaluate(engine, eval_shard, cfg, pad_id, device))
             stop = stop or stopper.after_eval(metrics)
+            not_training += _now(device) - t_eval
         checkpoint = cfg.train.checkpoint_every is not None and step % cfg.train.checkpoint_every == 0 and step < steps
         if metrics or checkpoint:
+            t_log = _now(device)
             log(metrics, step, checkpoint=checkpoint)
+            not_training += (_now(device) - t_log) if checkpoint else 0.0
+        if step > WARMUP_STEPS:  # steady state: the step's whole wall time (metrics, logging barrier included)
+            state.steady_seconds += _now(device) - t0 - not_training
+            state.steady_pairs += cfg.train.batch_size
+            state.steady_tokens += real_tokens
         if crash_at is not None and step == crash_at and rank == world - 1 and not os.path.exists(loop_config["crash_marker"]):
             open(loop_config["crash_marker"], "w").close()  # fault test hook: this worker dies once
             os._exit(1)

@@ -75,13 +75,14 @@ def test_throughput_bench_smoke(tmp_path: Path) -> None:
     result = _smoke("throughput.py", tmp_path, timeout=900)
     with_trl = importlib.util.find_spec("trl") is not None
     arms = {a["arm"]: a for a in result["arms"]}
-    assert set(arms) == {"dpo_ray 2 workers", "dpo_ray 1 worker"} | (
+    assert set(arms) == {"dpo_ray 2 workers", "dpo_ray 2 workers, no length grouping", "dpo_ray 1 worker"} | (
         {"TRL default", "TRL precompute_ref_log_probs=True"} if with_trl else set())
     for a in arms.values():
         assert a["steady_pairs_per_second"] > 0 and a["steady_tokens_per_second"] > a["steady_pairs_per_second"]
         assert 0 < a["seconds_to_first_step"] < 900
     assert arms["dpo_ray 2 workers"]["workers"] == 2 and arms["dpo_ray 2 workers"]["reference_seconds"] > 0
     assert result["scaling_2_vs_1_workers"] > 0 and result["memory_2_vs_1_workers"] > 0
+    assert arms["dpo_ray 2 workers"]["pad_fraction"] < arms["dpo_ray 2 workers, no length grouping"]["pad_fraction"]
     if with_trl:
         assert result["vs_trl_default"] > 0 and result["vs_trl_precompute"] > 0 and isinstance(result["targets_met"], bool)
     else:

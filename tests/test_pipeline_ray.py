@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,9 @@ def test_pipeline_end_to_end(zero_stage: int, tiny_model_dir: str, pairs_jsonl: 
     assert metrics["data/train_pairs"] + metrics["data/eval_pairs"] == metrics["data/rows_read"] == 400
     assert load_config(out / "config.yaml").train.zero_stage == zero_stage
     assert metrics["stop_reason"] == "max_steps" and metrics["train/steps"] == 4
+    # steady state (steps 3 and 4, after train_loop.WARMUP_STEPS) and the wall time step 1 ended
+    assert 0 < metrics["perf/steady_pairs_per_second"] < metrics["perf/steady_tokens_per_second"]
+    assert 0 < metrics["perf/first_step_time"] <= time.time()
     assert (out / "curves.png").stat().st_size > 10_000 and any((out / "tensorboard").iterdir())
 
     # Step-0 invariant through the real stages: cached reference log-probs equal the trainer's own
