@@ -79,7 +79,7 @@ def sweep(data: dict[str, Any], ax: Any) -> None:
 def throughput(data: dict[str, Any], ax: Any) -> None:
     arms = data["arms"]
     labels = [a["arm"].replace("precompute_ref_log_probs=True", "precomputed ref").replace("dpo_ray ", "dpo_ray\n")
-              .replace(", no length grouping", "\nungrouped") for a in arms]
+              .replace(", no length grouping", "\nungrouped") + ("\n(warm caches)" if a.get("caches") == "warm" else "") for a in arms]
     _bars(ax, labels, {"steady pairs / s": [a["steady_pairs_per_second"] for a in arms]}, "pairs / s")
     _line_on_twin(ax, [a["seconds_to_first_step"] for a in arms], "ko", "seconds to first step", "upper center")
     ax.set_title("Training throughput, same model, data, batch and steps (CPU)")

@@ -1,10 +1,11 @@
 """Training throughput against TRL's DPOTrainer, and dpo_ray's 1 vs 2 worker scaling.
 
-python bench/throughput.py [--hidden 256 --layers 4 --steps 24]   -> bench/results/throughput.json
+python bench/throughput.py [--hidden 256 --layers 4 --steps 20]   -> bench/results/throughput.json
 python bench/throughput.py --smoke --results-dir /tmp/x           -> a 2-layer, 64-wide model, 4 steps
 
 Issue 9: same model, data, global batch, sequence length, precision (fp32 on CPU) and step count in
-every arm. dpo_ray: `python pipelines/dpo.py` with cold caches, 2 workers x 1 CPU (the machine), the
+every arm. dpo_ray: `python pipelines/dpo.py`, 2 workers x 1 CPU (the machine) with cold caches; then,
+with the caches it filled (a rerun's or a sweep trial's start: no tokenizing, no reference pass), the
 same without length grouping (train.group_by_length=false: batches as TRL builds them, so the ratio
 shows what is not saved padding) and 1 worker x 1 CPU (scaling). TRL: bench/trl_dpo.py, one process
 with 2 torch threads (the machine), its default (a frozen reference model scored on every batch) and
@@ -51,8 +52,10 @@ def run(cmd: list[str]) -> float:
     return launched
 
 
-def dpo_ray_arm(workers: int, setup: dict[str, Any], work: Path, group_by_length: bool = True) -> dict[str, Any]:
+def dpo_ray_arm(workers: int, setup: dict[str, Any], work: Path, group_by_length: bool = True, warm: bool = False) -> dict[str, Any]:
+    """One pipelines/dpo.py run; ``warm``: the caches the first arm filled (tokenized pairs, reference log-probs)."""
     out = work / f"dpo_ray-w{workers}{'' if group_by_length else '-ungrouped'}"
+    cache = work / "dpo_ray-cache" if warm else Path(f"{out}-cache")
     launched = run([sys.executable, "pipelines/dpo.py", f"model.name_or_path={setup['model']}", f"data.path={setup['data']}",
                     f"data.max_length={setup['max_length']}", f"data.eval_fraction={setup['eval_fraction']}",
                     "loss.type=sigmoid", "loss.beta=0.1", f"train.max_steps={setup['steps']}",
@@ -60,13 +63,14 @@ def dpo_ray_arm(workers: int, setup: dict[str, Any], work: Path, group_by_length
                     f"train.num_workers={workers}", "train.cpus_per_worker=1", f"train.eval_every={setup['steps']}",
                     "train.learning_rate=1e-4", "train.warmup_ratio=0.1", "train.report_to=[]",
                     f"train.group_by_length={str(group_by_length).lower()}",
-                    f"data.cache_dir={out}-cache/tokenized", f"reference.cache_dir={out}-cache/reference", f"output_dir={out}"])
+                    f"data.cache_dir={cache}/tokenized", f"reference.cache_dir={cache}/reference", f"output_dir={out}"])
     m = json.loads((out / "metrics.json").read_text())
     name = f"dpo_ray {workers} worker{'s' if workers > 1 else ''}" + ("" if group_by_length else ", no length grouping")
-    return {"arm": name, "workers": workers,
+    return {"arm": name, "workers": workers, "caches": "warm" if warm else "cold",
             "steady_pairs_per_second": m["perf/steady_pairs_per_second"],
             "steady_tokens_per_second": m["perf/steady_tokens_per_second"],
             "seconds_to_first_step": m["perf/first_step_time"] - launched,
+            "ray_start_seconds": m["perf/ray_start_seconds"], "data_and_reference_seconds": m["perf/prepare_seconds"],
             "reference_seconds": m.get("ref/seconds"), "pad_fraction": m["perf/pad_fraction"],
             "model_state_mib_per_worker": m.get("perf/model_state_mib"), "peak_memory_mib_per_worker": m.get("perf/peak_memory_mib"),
             "eval_loss_final": m["eval/loss"]}
@@ -92,7 +96,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--micro-batch-size", type=int, default=8)
     parser.add_argument("--smoke", action="store_true", help="a 2-layer, 64-wide model, 4 steps")
@@ -110,7 +114,9 @@ def main() -> None:
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     setup = {"model": str(model_dir), "data": str(data), "max_length": 192, "eval_fraction": 0.05, "steps": args.steps,
              "batch_size": args.batch_size, "micro_batch_size": args.micro_batch_size, "cpus": 2}
-    arms = [dpo_ray_arm(2, setup, work), dpo_ray_arm(2, setup, work, group_by_length=False), dpo_ray_arm(1, setup, work)]
+    arms = [dpo_ray_arm(2, setup, work)]  # cold caches: time to first step includes tokenizing and the reference pass
+    (work / "dpo_ray-w2-cache").rename(work / "dpo_ray-cache")
+    arms += [dpo_ray_arm(2, setup, work, group_by_length=False, warm=True), dpo_ray_arm(1, setup, work, warm=True)]
     has_trl = importlib.util.find_spec("trl") is not None
     if has_trl:
         arms += [trl_arm(False, setup, work), trl_arm(True, setup, work)]

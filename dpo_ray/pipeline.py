@@ -5,7 +5,6 @@ Every resource number is set here, from the config. pipelines/dpo.py only parses
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -26,13 +25,14 @@ from dpo_ray.config import Config, ConfigError, resolve_paths
 from dpo_ray.data import (
     DataError, TokenizeRows, expand_paths, input_identity, is_saved_dataset, load_hf_table, normalize_table, parse_file, source_kind,
 )
-from dpo_ray.data_report import build_data_report, merge_summaries, summarize_block
+from dpo_ray.data_report import build_data_report, merge_summaries
 from dpo_ray.objective import REF_COLUMNS
 from dpo_ray.outputs import join, local_output
 from dpo_ray.modeling import resolve_dtype
 from dpo_ray.plots import plot_curves, write_tensorboard
 from dpo_ray.ref_cache import CacheStore, DataId, cache_key, model_identity, versions
 from dpo_ray.reference import ReferenceScorer
+from dpo_ray.row_tasks import add_order_key, mixture_copies, summarize, valid_id_prefixes, valid_with_prefix
 from dpo_ray.stopping import TrainingError, total_steps
 from dpo_ray.tracking import LiveTracking, finish_mlflow, start_mlflow
 from dpo_ray.train_loop import train_loop_per_worker
@@ -64,10 +64,13 @@ def run(
 
 def _run(cfg: Config, out: Path, resume_path: str | None, fault_injection: dict[str, Any] | None, run_name: str | None,
          callbacks: Callable[[dict[str, Any]], list[Any]] | None, prepared: Prepared | None) -> dict[str, Any]:
+    started_at = time.time()
     _start_ray()
     started = time.perf_counter()
+    timing = {"perf/started_time": started_at, "perf/ray_start_seconds": time.time() - started_at}
     if prepared is None:
         prepared = prepare_datasets(cfg, out)
+        timing["perf/prepare_seconds"] = time.perf_counter() - started  # data and reference stages
     else:  # this run scored and tokenized nothing: it reads what the shared stage prepared
         prepared = Prepared(prepared.train, prepared.eval, {
             **prepared.stats, "data/tokenize_cache_hit": 1.0, "ref/seconds": 0.0,
@@ -86,7 +89,7 @@ def _run(cfg: Config, out: Path, resume_path: str | None, fault_injection: dict[
                             callbacks=[live, *(callbacks(prepared.stats) if callbacks else [])])
     try:
         result = trainer.fit()
-        run_stats = {**prepared.stats, "perf/total_seconds": time.perf_counter() - started,
+        run_stats = {**prepared.stats, **timing, "perf/total_seconds": time.perf_counter() - started,
                      **({"mlflow_run_id": mlflow_run.run_id} if mlflow_run else {})}
         summary = _write_outputs(cfg, out, result, run_stats)
     except BaseException:
@@ -138,20 +141,6 @@ def mixture_rates(cfg: Config, counts: dict[str, Any]) -> list[float]:
             raise DataError(f"data.sources {s.name} ({s.path}): no usable train pairs; see data_report.json")
         rates.append(0.0 if s.eval else total_pairs * s.weight / total_weight / pairs)
     return rates
-
-
-def mixture_copies(batch: dict[str, np.ndarray], rates: list[float], seed: int) -> dict[str, np.ndarray]:
-    """Repeat each pair floor(rate) times, plus once for the pairs whose seeded hash falls below
-    frac(rate): deterministic, and no pair repeats before every pair of its source has appeared."""
-    copies = []
-    for rid, mix in zip(batch["row_id"], batch["mixture"]):
-        rate = rates[int(mix)]
-        u = seeded_hash(f"mix{seed}", str(rid)) / 2.0**64
-        copies.append(int(rate) + (u < rate - int(rate)))
-    copies = np.asarray(copies, dtype=np.int64)
-    out = {k: np.repeat(v, copies, axis=0) for k, v in batch.items()}
-    out["copy"] = np.concatenate([np.arange(c) for c in copies]) if len(copies) else np.zeros(0, dtype=np.int64)
-    return out
 
 
 def precompute_reference(config: Config) -> dict[str, Any]:
@@ -338,22 +327,10 @@ def score_reference(cfg: Config, pairs: ray.data.Dataset, crash_marker: str | No
     )
 
 
-def seeded_hash(seed: str, key: str) -> int:
-    """A 64-bit number from SHA-256 of seed + key: the same in every process, run and block layout."""
-    return int.from_bytes(hashlib.sha256((seed + key).encode()).digest()[:8], "big")
-
-
 def deterministic_shuffle(ds: ray.data.Dataset, seed: int, drop: tuple[str, ...] = ()) -> ray.data.Dataset:
     """Shuffle by sorting on a seeded hash of each row id: the same order in every run, whatever
     the block layout upstream (Ray's random_shuffle depends on it), so restarts replay exactly."""
-    def add_key(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ids = [str(rid) for rid in batch["row_id"]]
-        if "copy" in batch:  # a repeated pair (mixture): each copy its own place
-            ids = [f"{rid}#{c}" for rid, c in zip(ids, batch["copy"])]
-        keys = [seeded_hash(str(seed), rid) >> 1 for rid in ids]  # >> 1: fits an int64 sort column
-        return {**batch, "_order": np.asarray(keys, dtype=np.int64)}
-
-    return ds.map_batches(add_key, batch_format="numpy").sort("_order").drop_columns(["_order", *drop])
+    return ds.map_batches(add_order_key, fn_kwargs={"seed": seed}, batch_format="numpy").sort("_order").drop_columns(["_order", *drop])
 
 
 def build_trainer(cfg: Config, train_ds: ray.data.Dataset, eval_ds: ray.data.Dataset, loop_extra: dict[str, Any],
@@ -405,7 +382,7 @@ def _validate_rows(tokenized: ray.data.Dataset, cfg: Config, out: Path) -> tuple
     """
     flags = tokenized.select_columns(FLAG_COLUMNS)
     duplicates = _duplicate_sources(flags) if cfg.data.dedup else frozenset()
-    summaries = flags.map_batches(_summarize, fn_kwargs={"duplicates": duplicates}, batch_format="pandas", batch_size=None)
+    summaries = flags.map_batches(summarize, fn_kwargs={"duplicates": duplicates}, batch_format="pandas", batch_size=None)
     summary = merge_summaries(json.loads(row["summary"]) for row in summaries.take_all())
     if summary["error_rows"]:
         more = f" (and {summary['error_rows'] - 1} more files with errors)" if summary["error_rows"] > 1 else ""
@@ -436,33 +413,17 @@ def _validate_rows(tokenized: ray.data.Dataset, cfg: Config, out: Path) -> tuple
     return counts, duplicates, DataId(report["kept"], summary["hash_sum"])
 
 
-def _summarize(flags: Any, duplicates: frozenset[str]) -> Any:
-    """One block of flags -> one row holding its summary (data_report.summarize_block) as JSON."""
-    import pandas as pd
-
-    return pd.DataFrame({"summary": [json.dumps(summarize_block(flags, duplicates))]})
-
-
-def _id_prefix(row_id: str) -> int:
-    return int(row_id[:16], 16)
-
-
-def _valid_id_prefixes(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    valid = (batch["drop_reason"] == "") & (batch["error"] == "")
-    return {"prefix": np.array([_id_prefix(r) for r in batch["row_id"][valid]], dtype=np.uint64)}
-
-
 def _duplicate_sources(flags: ray.data.Dataset) -> frozenset[str]:
     """Sources of the valid rows whose pair (row id) an earlier source (in source order) already has.
     The driver gets a 64-bit prefix of each valid row id (8 bytes a row), then only the rows whose
     prefix occurs twice, and compares their full ids."""
-    blocks = flags.select_columns(["row_id", "drop_reason", "error"]).map_batches(_valid_id_prefixes, batch_format="numpy", batch_size=None)
+    blocks = flags.select_columns(["row_id", "drop_reason", "error"]).map_batches(valid_id_prefixes, batch_format="numpy", batch_size=None)
     prefixes = [b["prefix"] for b in blocks.iter_batches(batch_format="numpy", batch_size=None)]
     values, seen = np.unique(np.concatenate(prefixes) if prefixes else np.zeros(0, np.uint64), return_counts=True)
     shared = {int(v) for v in values[seen > 1]}
     if not shared:
         return frozenset()
-    rows = flags.filter(lambda row: row["drop_reason"] == "" and row["error"] == "" and _id_prefix(row["row_id"]) in shared)
+    rows = flags.filter(valid_with_prefix, fn_kwargs={"shared": shared})
     by_id: dict[str, list[str]] = {}
     for row in rows.select_columns(["row_id", "source"]).take_all():
         by_id.setdefault(row["row_id"], []).append(row["source"])
@@ -486,6 +447,8 @@ def _write_outputs(cfg: Config, out: Path, result: Any, run_stats: dict[str, flo
     initial = {f"initial_{k}": v for k, v in history[0].items() if k.startswith("eval/")}
     final = {k: v for k, v in result.metrics.items() if k != "step"}
     summary: dict[str, Any] = {**run_stats, **initial, **final, "model_dir": join(cfg.output_dir, "model")}
+    if "perf/first_step_time" in final:  # step 1 ran in this job (not before a resume)
+        summary["perf/job_seconds_to_first_step"] = final["perf/first_step_time"] - run_stats["perf/started_time"]
     plot_curves(history, out / "curves.png")
     shutil.rmtree(out / "tensorboard", ignore_errors=True)  # the live events; rewritten whole, each step once
     if "tensorboard" in cfg.train.report_to:

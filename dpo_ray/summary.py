@@ -21,6 +21,15 @@ def _reference_line(s: dict[str, Any]) -> str:
     return f"reference  scored in {s['ref/seconds']:.1f} s, pad fraction {s['ref/pad_fraction']:.3f}, cached as {s['ref/key']}"
 
 
+def _startup_line(s: dict[str, Any]) -> list[str]:
+    """Where the time before the first optimizer step went (none when step 1 ran before a resume)."""
+    if "perf/job_seconds_to_first_step" not in s:
+        return []
+    first, ray_start, prepare = s["perf/job_seconds_to_first_step"], s["perf/ray_start_seconds"], s.get("perf/prepare_seconds", 0.0)
+    return [f"startup    first step {first:.1f} s after the start: Ray {ray_start:.1f} s, data and reference {prepare:.1f} s, "
+            f"workers, model load, step-0 eval and step 1 {first - ray_start - prepare:.1f} s"]
+
+
 def format_summary(s: dict[str, Any]) -> str:
     lines = [
         "== dpo_ray summary ==",
@@ -37,6 +46,7 @@ def format_summary(s: dict[str, Any]) -> str:
         f"throughput {s['perf/pairs_per_second']:.1f} pairs/s, {s['perf/tokens_per_second']:.0f} tokens/s "
         f"({s['perf/num_workers']:.0f} workers, {s['perf/train_seconds']:.1f} s training, "
         f"first step after {s['perf/seconds_to_first_step']:.1f} s)",
+        *_startup_line(s),
         f"stopped    after {s['train/steps']:.0f} steps: {s['stop_reason']}",
         f"total      {s['perf/total_seconds']:.1f} s",
         f"model      {s['model_dir']}",

@@ -57,6 +57,7 @@ def test_pipeline_end_to_end(zero_stage: int, tiny_model_dir: str, pairs_jsonl: 
     # steady state (steps 3 and 4, after train_loop.WARMUP_STEPS) and the wall time step 1 ended
     assert 0 < metrics["perf/steady_pairs_per_second"] < metrics["perf/steady_tokens_per_second"]
     assert 0 < metrics["perf/first_step_time"] <= time.time()
+    assert metrics["perf/job_seconds_to_first_step"] > metrics["perf/ray_start_seconds"] + metrics["perf/prepare_seconds"] > 0
     assert (out / "curves.png").stat().st_size > 10_000 and any((out / "tensorboard").iterdir())
 
     # Step-0 invariant through the real stages: cached reference log-probs equal the trainer's own
