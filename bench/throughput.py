@@ -53,9 +53,9 @@ def run(cmd: list[str]) -> float:
 
 
 def dpo_ray_arm(workers: int, setup: dict[str, Any], work: Path, group_by_length: bool = True, warm: bool = False) -> dict[str, Any]:
-    """One pipelines/dpo.py run; ``warm``: the caches the first arm filled (tokenized pairs, reference log-probs)."""
+    """One pipelines/dpo.py run on the shared caches: the first arm fills them (cold), later arms (``warm``) read them."""
     out = work / f"dpo_ray-w{workers}{'' if group_by_length else '-ungrouped'}"
-    cache = work / "dpo_ray-cache" if warm else Path(f"{out}-cache")
+    cache = work / "dpo_ray-cache"  # empty for the first arm; the manifests name their files, so it stays put
     launched = run([sys.executable, "pipelines/dpo.py", f"model.name_or_path={setup['model']}", f"data.path={setup['data']}",
                     f"data.max_length={setup['max_length']}", f"data.eval_fraction={setup['eval_fraction']}",
                     "loss.type=sigmoid", "loss.beta=0.1", f"train.max_steps={setup['steps']}",
@@ -115,7 +115,6 @@ def main() -> None:
     setup = {"model": str(model_dir), "data": str(data), "max_length": 192, "eval_fraction": 0.05, "steps": args.steps,
              "batch_size": args.batch_size, "micro_batch_size": args.micro_batch_size, "cpus": 2}
     arms = [dpo_ray_arm(2, setup, work)]  # cold caches: time to first step includes tokenizing and the reference pass
-    (work / "dpo_ray-w2-cache").rename(work / "dpo_ray-cache")
     arms += [dpo_ray_arm(2, setup, work, group_by_length=False, warm=True), dpo_ray_arm(1, setup, work, warm=True)]
     has_trl = importlib.util.find_spec("trl") is not None
     if has_trl:
