@@ -126,7 +126,7 @@ def main() -> None:
         "command": "python bench/mfu.py " + ("--smoke" if args.smoke else f"--hidden {args.hidden} --layers {args.layers} --steps {args.steps}"),
         "notes": (f"Llama built from config ({params / 1e6:.1f}M parameters, hidden {args.hidden}, {args.layers} layers), "
                   f"{args.workers} workers x 1 {'GPU' if use_gpu else 'CPU'}, ZeRO-2, {args.batch_size} pairs a step. "
-                  + __doc__.split("Issue 9: ", 1)[1].replace("\n", " ").strip()),
+                  + "Issue 9: " + __doc__.split("Issue 9: ", 1)[1].replace("\n", " ").strip()),
         **result,
     }, args.results_dir)
     print(f"wrote {path}")

@@ -111,7 +111,7 @@ def main() -> None:
     step0_equal = all(abs(r["step0_dpo_ray"] - r["step0_trl"]) <= 1e-3 for r in table if r["metric"] != "eval/rewards/accuracies")
     path = write_result("parity", {
         "command": "python bench/parity.py " + ("--smoke" if args.smoke else f"--steps {args.steps} --seeds {args.seeds}"),
-        "notes": (f"{args.steps} steps, seeds {seeds}. " + __doc__.split("Issue 9: ", 1)[1].replace("\n", " ").strip()),
+        "notes": (f"{args.steps} steps, seeds {seeds}. Issue 9: " + __doc__.split("Issue 9: ", 1)[1].replace("\n", " ").strip()),
         "comparison": table, "runs": runs, "step0_equal": step0_equal,
         "all_agree": step0_equal and all(r["agree"] for r in table),
     }, args.results_dir)

@@ -24,10 +24,36 @@ def _machine(m: dict[str, Any]) -> str:
             f"transformers {m['transformers']}")
 
 
+def _load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _targets() -> list[str]:
+    """Issue 9's targets against the figures the results files hold (a missing file: no row)."""
+    rows = []
+    if (t := _load("throughput")) and "vs_trl_default" in t:
+        rows += [("training pairs/s >= 1.3x TRL default", f"{t['vs_trl_default']:.2f}x", t["vs_trl_default"] >= 1.3),
+                 ("training pairs/s >= 1.1x TRL with precomputed reference", f"{t['vs_trl_precompute']:.2f}x",
+                  t["vs_trl_precompute"] >= 1.1)]
+    if m := _load("mfu"):
+        rows.append((f"MFU >= 40% ({m['parameters'] / 1e6:.0f}M params, sequence {m['sequence_length']}, {m['precision']})",
+                     f"{100 * m['mfu']:.1f}%", m["mfu"] >= 0.4))
+    if p := _load("parity"):
+        rows.append(("held-out metrics agree with TRL within noise (sigmoid, ipo, 3 seeds)",
+                     f"{sum(r['agree'] for r in p['comparison'])} of {len(p['comparison'])} agree", p["all_agree"]))
+    if r := _load("run_all"):
+        rows.append(("`python bench/run_all.py` under 30 minutes", f"{r['total_minutes']} min", r["total_minutes"] < 30))
+    if not rows:
+        return []
+    return ["## Targets (issue 9)", "", "| target | measured | met |", "|---|---|---|",
+            *[f"| {name} | {value} | {'yes' if met else '**no**'} |" for name, value, met in rows], ""]
+
+
 def main() -> None:
     lines = ["# Benchmark results", "",
              "Written by `python bench/report.py` from `bench/results/*.json`; each section names its command,",
-             "the machine, versions and date, and how it was measured.", ""]
+             "the machine, versions and date, and how it was measured.", "", *_targets()]
     for path in sorted(RESULTS.glob("*.json")):
         data = json.loads(path.read_text())
         lines += [f"## {path.stem}", "", f"Machine: {_machine(data['machine'])}", ""]

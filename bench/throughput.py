@@ -147,7 +147,7 @@ def main() -> None:
                   f"truncated at max_length 192), eval fraction 0.05; sigmoid loss, beta 0.1, lr 1e-4; {args.steps} steps "
                   f"of {args.batch_size} pairs in micro-batches of {args.micro_batch_size}; dpo_ray groups batches by "
                   "length (its default), TRL pads each micro-batch to its longest pair (its default). "
-                  + __doc__.split("Issue 9: ", 1)[1].split("Targets:", 1)[0].replace("\n", " ").strip()),
+                  + "Issue 9: " + __doc__.split("Issue 9: ", 1)[1].split("Targets:", 1)[0].replace("\n", " ").strip()),
         "parameters": params, "arms": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in a.items()} for a in arms],
         **ratios, **({"trl": version("trl")} if has_trl else {}),
     }, args.results_dir)
