@@ -143,8 +143,8 @@ def main() -> None:
     path = write_result("throughput", {
         "command": command,
         "notes": (f"Llama built from config ({params / 1e6:.2f}M parameters), fp32 on CPU; {pairs} synthetic pairs with "
-                  f"prompts of widely varying length (bench/reference.py varying_rows; 25-190 tokens a sequence, none "
-                  f"truncated at max_length 192), eval fraction 0.05; sigmoid loss, beta 0.1, lr 1e-4; {args.steps} steps "
+                  f"prompts of widely varying length (bench/reference.py varying_rows; at the default 689 pairs 25-157 tokens a "
+                  f"sequence, checked once, so none is truncated at max_length 192), eval fraction 0.05; sigmoid loss, beta 0.1, lr 1e-4; {args.steps} steps "
                   f"of {args.batch_size} pairs in micro-batches of {args.micro_batch_size}; dpo_ray groups batches by "
                   "length (its default), TRL pads each micro-batch to its longest pair (its default). "
                   + "Issue 9: " + __doc__.split("Issue 9: ", 1)[1].split("Targets:", 1)[0].replace("\n", " ").strip()),
