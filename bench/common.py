@@ -8,11 +8,14 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import tempfile
+import time
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 PACKAGES = ("torch", "ray", "deepspeed", "transformers")
 
@@ -45,3 +48,15 @@ def scratch_dir(prefix: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=prefix))
     atexit.register(shutil.rmtree, path, True)
     return path
+
+
+def run_in_repo(cmd: list[str]) -> tuple[float, float]:
+    """Run ``cmd`` in the repo root with a fresh local Ray (RAY_ADDRESS dropped); exit on failure with
+    its output's tail. Returns (Unix time it was launched, wall seconds)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    launched, start = time.time(), time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)}\nexited {proc.returncode}:\n{(proc.stdout + proc.stderr)[-4000:]}")
+    return launched, wall

@@ -14,18 +14,15 @@ import csv
 import importlib.util
 import itertools
 import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from common import RESULTS, machine
+from common import RESULTS, machine, run_in_repo
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -39,14 +36,8 @@ SMOKE_BETAS, SMOKE_LEARNING_RATES, SMOKE_STEPS = (0.1, 0.5), (1e-3,), 4
 
 
 def timed(cmd: list[str]) -> float:
-    """Run ``cmd`` in the repo root (a fresh local Ray: RAY_ADDRESS dropped); its wall seconds."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)}\nexited {proc.returncode}:\n{(proc.stdout + proc.stderr)[-4000:]}")
-    return wall
+    """Run ``cmd`` in the repo root (a fresh local Ray); its wall seconds."""
+    return run_in_repo(cmd)[1]
 
 
 def grid(values: tuple[float, ...]) -> str:

@@ -22,15 +22,12 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
-import subprocess
 import sys
-import time
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from common import RESULTS, scratch_dir, write_result
+from common import RESULTS, run_in_repo, scratch_dir, write_result
 from reference import varying_rows
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,12 +41,7 @@ TARGET_DEFAULT, TARGET_PRECOMPUTE = 1.3, 1.1
 
 def run(cmd: list[str]) -> float:
     """Run ``cmd`` in the repo root with a fresh local Ray; the Unix time it was launched."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    launched = time.time()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)}\nexited {proc.returncode}:\n{(proc.stdout + proc.stderr)[-4000:]}")
-    return launched
+    return run_in_repo(cmd)[0]
 
 
 def dpo_ray_arm(workers: int, setup: dict[str, Any], work: Path, group_by_length: bool = True, warm: bool = False) -> dict[str, Any]:
