@@ -51,6 +51,9 @@ def test_cache_miss_then_hit_without_scoring(tiny_model_dir, pairs_jsonl, tmp_pa
     manifest = CacheStore(cfg.reference.cache_dir).read_manifest(stats["ref/key"])
     assert manifest["rows"] == data_id.rows == scored.count()
     assert set(manifest["versions"]) == {"torch", "transformers"}
+    df = scored.to_pandas()
+    pads, real = int(df["ref_pad_tokens"].sum()), int(df["ref_tokens"].sum())
+    assert pads > 0 and stats["ref/pad_fraction"] == manifest["pad_fraction"] == pads / (pads + real)
     first = _by_row(scored)
     assert len(first) == data_id.rows  # exactly one entry per row
 
