@@ -53,7 +53,8 @@ def _targets() -> list[str]:
 def main() -> None:
     lines = ["# Benchmark results", "",
              "Written by `python bench/report.py` from `bench/results/*.json`; each section names its command,",
-             "the machine, versions and date, and how it was measured.", "", *_targets()]
+             "the machine, versions and date, and how it was measured. Where a short run's time goes, and what",
+             "was fixed to bring run_all under 30 minutes: [PROFILE.md](PROFILE.md).", "", *_targets()]
     for path in sorted(RESULTS.glob("*.json")):
         data = json.loads(path.read_text())
         lines += [f"## {path.stem}", "", f"Machine: {_machine(data['machine'])}", ""]
