@@ -40,7 +40,7 @@ from dpo_ray.train_loop import train_loop_per_worker
 TOKEN_COLUMNS = ["row_id", "prompt_ids", "chosen_ids", "rejected_ids", "mixture"]
 # How often Ray Train's controller polls each worker; it takes one report a poll, and a worker's
 # ray.train.report blocks until its previous report was taken. At Ray's default (2.0 s) a run that
-# logs every 0.2 s trains at a tenth of its speed; polls are a few ms each. An env var set by the
+# logs every 0.2 s trains at a tenth of its speed; a poll is one small actor call. An env var set by the
 # user wins; Ray passes it on to the controller (ray.train.v2 ENV_VARS_TO_PROPAGATE).
 POLL_ENV, POLL_SECONDS = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1"
 CACHE_COLUMNS = ["row_id", "row_hash", "split_key", "seq_len", "prompt_ids", "chosen_ids", "rejected_ids", "mixture"]

@@ -127,6 +127,22 @@ def test_missing_file_fails_before_ray_work(tiny_model_dir: str, tmp_path: Path)
         run(load_config(None, small_overrides(tiny_model_dir, str(tmp_path / "nope.jsonl"), str(tmp_path / "run"))))
 
 
+def test_train_controller_polls_often_unless_the_user_set_it(tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray Train takes one report a worker per controller poll (default every 2 s): a run that logs
+    more often than that waits on it. build_trainer shortens the interval, and leaves a user's own."""
+    from dpo_ray.pipeline import POLL_ENV, POLL_SECONDS, build_trainer
+
+    cfg = load_config(None, small_overrides(tiny_model_dir, pairs_jsonl, str(tmp_path / "run")))
+    ds = ray.data.range(2)
+    monkeypatch.delenv(POLL_ENV, raising=False)
+    build_trainer(cfg, ds, ds, {})
+    assert float(os.environ[POLL_ENV]) == float(POLL_SECONDS) < 2.0
+    monkeypatch.setenv(POLL_ENV, "1.5")
+    build_trainer(cfg, ds, ds, {})
+    assert os.environ[POLL_ENV] == "1.5"
+
+
 def test_reference_free_run_skips_reference_and_reports_drops(
     tiny_model_dir: str, pair_rows: list[dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
