@@ -343,7 +343,9 @@ def deterministic_shuffle(ds: ray.data.Dataset, seed: int, drop: tuple[str, ...]
     1 s (measured on the 2-core machine); a preference set's few thousand to a million rows are
     well within the task-based sort's range."""
     keyed = ds.map_batches(add_order_key, fn_kwargs={"seed": seed}, batch_format="numpy")
-    keyed.context.shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED  # this dataset's copy
+    # Not the process's DataContext: the copy a dataset chain takes when it is read, shared by every
+    # dataset derived from it, so this chain's shuffles (this sort is its only one) use the pull shuffle.
+    keyed.context.shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     return keyed.sort("_order").drop_columns(["_order", *drop])
 
 
