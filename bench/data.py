@@ -22,9 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import RESULTS, machine
+from common import REPO, RESULTS, machine
 
-REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 MAX_GROWTH = 0.20

@@ -10,13 +10,11 @@ import argparse
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import ray
 
-from common import write_result
+from common import REPO, write_result
 
-REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from dpo_ray.config import LABEL_SMOOTHING_LOSSES, LOSS_TYPES, load_config  # noqa: E402

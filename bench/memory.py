@@ -21,9 +21,8 @@ from pathlib import Path
 
 import ray
 
-from common import RESULTS, write_result
+from common import REPO, RESULTS, write_result
 
-REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from dpo_ray.config import load_config  # noqa: E402

@@ -26,9 +26,8 @@ from typing import Any
 import ray
 import torch
 
-from common import RESULTS, scratch_dir, write_result
+from common import REPO, RESULTS, scratch_dir, write_result
 
-REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from dpo_ray.config import load_config  # noqa: E402

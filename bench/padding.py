@@ -19,10 +19,9 @@ from pathlib import Path
 
 import ray
 
-from common import RESULTS, write_result
+from common import REPO, RESULTS, write_result
 from reference import varying_rows
 
-REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from dpo_ray.collate import collate_pairs, count_tokens  # noqa: E402

@@ -14,9 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import write_result
+from common import REPO, write_result
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:

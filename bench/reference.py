@@ -16,9 +16,8 @@ from pathlib import Path
 import ray
 import torch
 
-from common import write_result
+from common import REPO, write_result
 
-REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from dpo_ray.collate import collate_pairs  # noqa: E402

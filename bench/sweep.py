@@ -22,9 +22,8 @@ from typing import Any
 
 import yaml
 
-from common import RESULTS, machine, run_in_repo
+from common import REPO, RESULTS, machine, run_in_repo
 
-REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from dpo_ray.config import Config, load_config  # noqa: E402

@@ -27,10 +27,9 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from common import RESULTS, run_in_repo, scratch_dir, write_result
+from common import REPO, RESULTS, run_in_repo, scratch_dir, write_result
 from reference import varying_rows
 
-REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from dpo_ray.modeling import load_model  # noqa: E402
