@@ -301,16 +301,18 @@ class TrainConfig:
     """Pairs per forward/backward on one worker; accumulation makes up the rest."""
     num_workers: int = 2
     """Ray Train workers (one DeepSpeed rank each)."""
-    cpus_per_worker: int = 1
-    """CPUs each worker reserves; also its torch thread count."""
+    cpus_per_worker: int | Literal["auto"] = "auto"
+    """CPUs each worker reserves, also its torch thread count; auto: on CPU the node's CPUs shared
+    among the workers placed on it, on GPU the node's CPUs per GPU (at most 8) for data work."""
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     """Ray placement of the worker group: PACK fills a node first, SPREAD puts workers on different nodes."""
     use_gpu: bool = False
     """One GPU per worker, NCCL, and bf16 when train.bf16 is on."""
     bf16: bool = True
     """bfloat16 mixed precision on GPU (ignored on CPU, where DeepSpeed runs fp32)."""
-    zero_stage: Literal[0, 1, 2, 3] = 2
-    """DeepSpeed ZeRO stage."""
+    zero_stage: Literal["auto", 0, 1, 2, 3] = "auto"
+    """DeepSpeed ZeRO stage; auto: 0 for one rank (ZeRO partitions nothing there and costs a third of
+    a step), 2 for several (3 with offload_params, 1 for one rank with nonfinite=skip or offload)."""
     offload_optimizer: bool = False
     """ZeRO-Offload: keep optimizer states in CPU memory (GPU runs, ZeRO stage >= 1)."""
     offload_params: bool = False
@@ -348,12 +350,14 @@ class TrainConfig:
         positive = {
             "max_steps": self.max_steps, "batch_size": self.batch_size,
             "micro_batch_size": self.micro_batch_size, "num_workers": self.num_workers,
-            "cpus_per_worker": self.cpus_per_worker, "eval_every": self.eval_every,
+            "eval_every": self.eval_every,
             "logging_steps": self.logging_steps, "length_group_window": self.length_group_window,
         }
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"train.{name}={value}: must be >= 1")
+        if self.cpus_per_worker != "auto":
+            positive["cpus_per_worker"] = self.cpus_per_worker
         if self.epochs is not None and self.epochs <= 0:
             raise ConfigError(f"train.epochs={self.epochs}: must be > 0")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
@@ -372,7 +376,7 @@ class TrainConfig:
             raise ConfigError("train.nonfinite=skip needs train.zero_stage >= 1 (DeepSpeed's overflow check skips the update)")
         if self.offload_optimizer and self.zero_stage == 0:
             raise ConfigError("train.offload_optimizer needs train.zero_stage >= 1")
-        if self.offload_params and self.zero_stage != 3:
+        if self.offload_params and self.zero_stage not in (3, "auto"):
             raise ConfigError("train.offload_params needs train.zero_stage=3")
         per_step = self.micro_batch_size * self.num_workers
         if self.batch_size % per_step:
@@ -383,6 +387,17 @@ class TrainConfig:
 
     def gradient_accumulation_steps(self) -> int:
         return self.batch_size // (self.micro_batch_size * self.num_workers)
+
+    def resolved_zero_stage(self) -> int:
+        """zero_stage, with auto resolved: 3 for offload_params; for one rank 0 (nothing to partition),
+        or 1 where skipping a non-finite step or offloading the optimizer needs ZeRO; else 2."""
+        if self.zero_stage != "auto":
+            return self.zero_stage
+        if self.offload_params:
+            return 3
+        if self.num_workers == 1:
+            return 1 if self.nonfinite == "skip" or self.offload_optimizer else 0
+        return 2
 
     def warmup_steps(self, total_steps: int) -> int:
         return int(round(self.warmup_ratio * total_steps))

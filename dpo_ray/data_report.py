@@ -7,6 +7,7 @@ summaries up in the driver, and ``build_data_report`` shapes the merged summary 
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from typing import Any, Iterable
 
@@ -15,16 +16,24 @@ import pandas as pd
 EXAMPLES_PER_REASON = 5
 ERRORS_KEPT = 5
 HASH_MOD = 2**128  # row hashes are 32 hex digits
+DUPLICATE = "duplicate"  # the summaries' reason for a removed exact duplicate (not a malformed row)
+
+
+def source_order(source: str) -> tuple[str, int]:
+    """Sort key of a row's source (``file:line``, ``file:row N``): the file, then the number, so line 5
+    comes before line 405 (as strings it would not, and "keep the first" would keep the later row)."""
+    match = re.fullmatch(r"(.*?)(\d+)", source)
+    return (match.group(1), int(match.group(2))) if match else (source, -1)
 
 
 def summarize_block(flags: pd.DataFrame, duplicates: frozenset[str] = frozenset()) -> dict[str, Any]:
     """One block of flags (source, error, drop_reason, drop_detail, warning, is_eval, mixture, row_hash)
     -> counts, the first examples by source, and the order-free sum of the kept rows' hashes.
     Rows whose source is in ``duplicates`` (and not dropped for another reason) count as duplicates."""
-    flags = flags.sort_values("source", kind="stable")
+    flags = flags.sort_values("source", kind="stable", key=lambda col: col.map(source_order))
     reasons = flags["drop_reason"].astype(str).copy()
     dup = (reasons == "") & flags["source"].isin(duplicates)
-    reasons[dup] = "duplicate"
+    reasons[dup] = DUPLICATE
     details = flags["drop_detail"].astype(str).where(~dup, flags["source"].astype(str) + ": duplicate pair")
     errors = flags["error"].astype(str) != ""
     kept = (reasons == "") & ~errors
@@ -69,22 +78,33 @@ def merge_summaries(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
             seen = mixture.setdefault(m, [0, 0])
             seen[0], seen[1] = seen[0] + train, seen[1] + held_out
         for reason, rows in part["examples"].items():
-            examples[reason] = sorted(examples.get(reason, []) + rows)[:EXAMPLES_PER_REASON]
-        errors = sorted(errors + part["errors"])[:ERRORS_KEPT]
+            examples[reason] = sorted(examples.get(reason, []) + rows, key=_by_source)[:EXAMPLES_PER_REASON]
+        errors = sorted(errors + part["errors"], key=_by_source)[:ERRORS_KEPT]
     return {**total, "dropped": dict(dropped), "warnings": dict(warnings), "mixture": mixture,
             "examples": examples, "errors": errors}
 
 
+def _by_source(example: list[str]) -> tuple[tuple[str, int], str]:
+    return source_order(example[0]), example[1]
+
+
 def build_data_report(summary: dict[str, Any], max_drop_fraction: float) -> dict[str, Any]:
-    """The report from a merged summary (rows with a file-level error are not rows read)."""
-    rows, dropped = summary["rows"], sum(summary["dropped"].values())
-    reasons = sorted(summary["dropped"])
+    """The report from a merged summary (rows with a file-level error are not rows read).
+
+    Exact duplicates are removed but are not malformed rows: they are reported apart
+    (``duplicates_removed``) and do not count toward ``drop_fraction``."""
+    rows = summary["rows"]
+    duplicates = summary["dropped"].get(DUPLICATE, 0)
+    reasons = sorted(r for r in summary["dropped"] if r != DUPLICATE)
+    dropped = sum(summary["dropped"][r] for r in reasons)
     return {
         "rows_read": rows,
-        "kept": rows - dropped,
+        "kept": rows - dropped - duplicates,
         "rows_dropped": dropped,
         "drop_fraction": dropped / rows if rows else 0.0,
         "max_drop_fraction": max_drop_fraction,
+        "duplicates_removed": duplicates,
+        "duplicate_examples": [s for s, _ in summary["examples"].get(DUPLICATE, [])],
         "train_pairs": summary["train"],
         "eval_pairs": summary["eval"],
         "dropped": {r: summary["dropped"][r] for r in reasons},

@@ -20,8 +20,9 @@ def build_ds_config(train: TrainConfig, hidden_size: int | None = None) -> dict[
     MIN_BUCKET elements; DeepSpeed's defaults (a 5e8-element reduce bucket, 1.9 GiB in fp32, on
     every rank) would otherwise outweigh a small model's partitioned state.
     """
-    zero: dict[str, Any] = {"stage": train.zero_stage}
-    if train.zero_stage == 3:
+    stage = train.resolved_zero_stage()
+    zero: dict[str, Any] = {"stage": stage}
+    if stage == 3:
         # Gather the full weights at save time so export writes one HF model.
         zero["stage3_gather_16bit_weights_on_model_save"] = True
         if hidden_size:

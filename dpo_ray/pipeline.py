@@ -25,7 +25,7 @@ from dpo_ray.config import Config, ConfigError, resolve_paths
 from dpo_ray.data import (
     DataError, TokenizeRows, expand_paths, input_identity, is_saved_dataset, load_hf_table, normalize_table, parse_file, source_kind,
 )
-from dpo_ray.data_report import build_data_report, merge_summaries
+from dpo_ray.data_report import build_data_report, merge_summaries, source_order
 from dpo_ray.objective import REF_COLUMNS
 from dpo_ray.outputs import join, local_output
 from dpo_ray.modeling import resolve_dtype
@@ -33,6 +33,7 @@ from dpo_ray.plots import plot_curves, write_tensorboard
 from dpo_ray.ref_cache import CacheStore, DataId, cache_key, model_identity, versions
 from dpo_ray.reference import ReferenceScorer
 from dpo_ray.row_tasks import add_order_key, column_sums, mixture_copies, summarize, valid_id_prefixes, valid_with_prefix
+from dpo_ray.resources import resolve_auto
 from dpo_ray.stopping import TrainingError, total_steps
 from dpo_ray.tracking import LiveTracking, finish_mlflow, start_mlflow
 from dpo_ray.train_loop import train_loop_per_worker
@@ -72,7 +73,9 @@ def _run(cfg: Config, out: Path, resume_path: str | None, fault_injection: dict[
     started_at = time.time()
     _start_ray()
     started = time.perf_counter()
-    timing = {"perf/started_time": started_at, "perf/ray_start_seconds": time.time() - started_at}
+    timing = {"perf/started_time": started_at, "perf/ray_start_seconds": time.time() - started_at,
+              **({"auto": "; ".join(auto_notes)} if auto_notes else {})}
+    cfg, auto_notes = resolve_auto(cfg, [node["Resources"] for node in ray.nodes() if node["Alive"]])
     if prepared is None:
         prepared = prepare_datasets(cfg, out)
         timing["perf/prepare_seconds"] = time.perf_counter() - started  # data and reference stages
@@ -411,7 +414,8 @@ def _validate_rows(tokenized: ray.data.Dataset, cfg: Config, out: Path) -> tuple
         reasons = ", ".join(f"{r} {n} (e.g. {report['details'][r][0]})" for r, n in report["dropped"].items())
         raise DataError(
             f"{report['rows_dropped']} of {report['rows_read']} rows dropped ({report['drop_fraction']:.1%} > "
-            f"data.max_drop_fraction={cfg.data.max_drop_fraction}): {reasons}; see {out / 'data_report.json'}"
+            f"data.max_drop_fraction={cfg.data.max_drop_fraction}): {reasons}; fix those rows, or raise "
+            f"data.max_drop_fraction to train on the rest; see {out / 'data_report.json'}"
         )
     counts = {
         "data/rows_read": report["rows_read"], "data/rows_dropped": report["rows_dropped"],
@@ -422,9 +426,13 @@ def _validate_rows(tokenized: ray.data.Dataset, cfg: Config, out: Path) -> tuple
     for i, source in enumerate(cfg.data.sources):
         train, held_out = summary["mixture"].get(str(i), [0, 0])
         counts[f"data/sources/{source.name}/train_pairs"] = train
+        "data/duplicates_removed": report["duplicates_removed"],
         counts[f"data/sources/{source.name}/eval_pairs"] = held_out
     if counts["data/train_pairs"] < cfg.train.batch_size:
-        raise DataError(f"data.path {cfg.data.path}: {counts['data/train_pairs']} train pairs, fewer than one batch (train.batch_size={cfg.train.batch_size}); add data or lower train.batch_size")
+        removed = report["duplicates_removed"]
+        dedup = f" after removing {removed} duplicate pairs (data.dedup=false keeps them)" if removed else ""
+        raise DataError(f"data.path {cfg.data.path}: {counts['data/train_pairs']} train pairs{dedup}, fewer than one batch "
+                        f"(train.batch_size={cfg.train.batch_size}); add data or lower train.batch_size")
     if counts["data/eval_pairs"] < cfg.train.num_workers:
         raise DataError(f"data.path {cfg.data.path}: {counts['data/eval_pairs']} eval pairs for {cfg.train.num_workers} workers; raise data.eval_fraction or add data")
     return counts, duplicates, DataId(report["kept"], summary["hash_sum"])
@@ -444,7 +452,7 @@ def _duplicate_sources(flags: ray.data.Dataset) -> frozenset[str]:
     by_id: dict[str, list[str]] = {}
     for row in rows.select_columns(["row_id", "source"]).take_all():
         by_id.setdefault(row["row_id"], []).append(row["source"])
-    return frozenset(s for sources in by_id.values() for s in sorted(sources)[1:])
+    return frozenset(s for sources in by_id.values() for s in sorted(sources, key=source_order)[1:])
 
 
 def _write_outputs(cfg: Config, out: Path, result: Any, run_stats: dict[str, float]) -> dict[str, Any]:

@@ -35,6 +35,8 @@ def format_summary(s: dict[str, Any]) -> str:
         "== dpo_ray summary ==",
         f"data       {s['data/rows_read']} rows read, {s['data/train_pairs']} train / "
         f"{s['data/eval_pairs']} eval pairs, {s['data/rows_dropped']} dropped{_reasons(s)}",
+        *([f"data       {s['data/duplicates_removed']} duplicate pairs removed (data.dedup=false keeps them)"]
+          if s.get("data/duplicates_removed") else []),
         _reference_line(s),
         f"{'metric':<22}{'eval start':>12}{'eval end':>12}{'train end':>12}",
     ]
@@ -47,6 +49,7 @@ def format_summary(s: dict[str, Any]) -> str:
         f"({s['perf/num_workers']:.0f} workers, {s['perf/train_seconds']:.1f} s training, "
         f"first step after {s['perf/seconds_to_first_step']:.1f} s)",
         *_startup_line(s),
+        *([f"auto       {s['auto']}"] if s.get("auto") else []),
         f"stopped    after {s['train/steps']:.0f} steps: {s['stop_reason']}",
         f"total      {s['perf/total_seconds']:.1f} s",
         f"model      {s['model_dir']}",

@@ -11,6 +11,7 @@ sweep.json; Tune's own state under tune/ (what --resume restores) and each trial
 
 from __future__ import annotations
 
+import dataclasses
 import csv
 import json
 import logging
@@ -105,6 +106,8 @@ def run_sweep(base: Config, settings: TuneSettings, *, resume: bool = False) -> 
     if not resume:
         _atomic_write(out / STATE_FILE, yaml.safe_dump({**cfg.to_dict(), "tune": settings.to_dict()}, sort_keys=False))
     _start_ray()
+    if cfg.train.cpus_per_worker == "auto":  # trials run side by side: one CPU a worker unless the user sets more
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, cpus_per_worker=1))
 
     # The data and reference stages run once, here, before the first trial. When no searched key
     # shapes the datasets, every trial trains on these very datasets; otherwise each trial runs its

@@ -352,7 +352,7 @@ def _export(engine: Any, tokenizer: Any, cfg: Config, rank: int, history: list[d
     """Gather the weights (all ZeRO stages), save an HF model on rank 0, report it as the final checkpoint."""
     lora = cfg.model.lora
     state_dict = None
-    if cfg.train.zero_stage == 3:
+    if cfg.train.resolved_zero_stage() == 3:
         state_dict = engine._zero3_consolidated_16bit_state_dict()  # collective: every rank calls it
 
     def write(tmp: str) -> None:

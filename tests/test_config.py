@@ -43,7 +43,7 @@ def test_int_is_accepted_for_float() -> None:
         ("train.max_steps=abc", "train.max_steps='abc': expected int"),
         ("train.max_steps=1.5", "train.max_steps=1.5: expected int"),
         ("train.use_gpu=maybe", "train.use_gpu='maybe': expected bool"),
-        ("train.zero_stage=4", "train.zero_stage=4: must be one of 0, 1, 2, 3"),
+        ("train.zero_stage=4", "train.zero_stage=4: must be one of 'auto', 0, 1, 2, 3"),
         ("train.lr_scheduler=step", "train.lr_scheduler='step': must be one of"),
         ("loss.beta=-1", "loss.beta=-1.0: must be > 0"),
         ("data.eval_fraction=1.5", "data.eval_fraction=1.5"),

@@ -241,7 +241,7 @@ def test_block_summaries_merge_to_the_whole_report() -> None:
 
     import pandas as pd
 
-    from dpo_ray.data_report import build_data_report, hash_sum, merge_summaries, summarize_block
+    from dpo_ray.data_report import build_data_report, hash_sum, merge_summaries, source_order, summarize_block
 
     rng = np.random.default_rng(3)
     n = 300
@@ -265,8 +265,16 @@ def test_block_summaries_merge_to_the_whole_report() -> None:
     report = build_data_report(merged, 0.5)
     kept = flags[(flags["drop_reason"] == "") & ~flags["source"].isin(duplicates)]
     assert report["kept"] == len(kept) == report["train_pairs"] + report["eval_pairs"]
-    assert report["dropped"]["duplicate"] == 4
+    assert report["duplicates_removed"] == 4 and "duplicate" not in report["dropped"]  # not a malformed row
     assert report["dropped"]["missing_field"] == int((reasons == "missing_field").sum())
-    assert report["examples"]["duplicate"] == sorted(duplicates)  # the first ones by source
+    assert report["rows_dropped"] == int((reasons != "").sum())
+    assert report["duplicate_examples"] == sorted(duplicates, key=source_order)  # the first ones by source
     assert merged["hash_sum"] == hash_sum(kept["row_hash"])
     assert sum(sum(v) for v in merged["mixture"].values()) == len(kept)
+
+
+def test_sources_sort_by_file_then_line_number() -> None:
+    from dpo_ray.data_report import source_order
+
+    sources = ["b.jsonl:2", "a.jsonl:405", "a.jsonl:5", "a.parquet:row 10", "a.parquet:row 9", "x"]
+    assert sorted(sources, key=source_order) == ["a.jsonl:5", "a.jsonl:405", "a.parquet:row 9", "a.parquet:row 10", "b.jsonl:2", "x"]

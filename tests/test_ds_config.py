@@ -34,4 +34,6 @@ def test_offload_settings() -> None:
     with pytest.raises(ConfigError, match="need train.use_gpu=true"):
         load_config(None, ["train.offload_optimizer=true"])
     with pytest.raises(ConfigError, match="offload_params needs train.zero_stage=3"):
-        load_config(None, ["train.use_gpu=true", "train.offload_params=true"])
+        load_config(None, ["train.use_gpu=true", "train.offload_params=true", "train.zero_stage=2"])
+    auto = load_config(None, ["train.use_gpu=true", "train.offload_params=true"]).train  # zero_stage auto
+    assert build_ds_config(auto)["zero_optimization"]["stage"] == 3

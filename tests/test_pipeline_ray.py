@@ -17,6 +17,7 @@ from conftest import small_overrides
 from dpo_ray.config import load_config
 from dpo_ray.data import DataError
 from dpo_ray.pipeline import run
+from dpo_ray.summary import format_summary
 
 pytestmark = pytest.mark.ray
 
@@ -143,7 +144,7 @@ def test_train_controller_polls_often_unless_the_user_set_it(tiny_model_dir: str
     assert os.environ[POLL_ENV] == "1.5"
 
 
-def test_reference_free_run_skips_reference_and_reports_drops(
+def test_reference_free_run_skips_reference_reports_drops_and_duplicates_do_not_stop_it(
     tiny_model_dir: str, pair_rows: list[dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import dpo_ray.pipeline
@@ -154,15 +155,19 @@ def test_reference_free_run_skips_reference_and_reports_drops(
     monkeypatch.setattr(dpo_ray.pipeline, "score_reference", no_reference)
     data = tmp_path / "pairs.jsonl"
     bad = [{"prompt": "p", "chosen": "c"}, pair_rows[0], {"prompt": "p", "chosen": "same", "rejected": "same"}]
-    data.write_text("".join(json.dumps(r) + "\n" for r in [*pair_rows, *bad]))
+    repeats = pair_rows[1:101]  # 101 duplicates in all: 20% of the rows, far above data.max_drop_fraction (0.05)
+    data.write_text("".join(json.dumps(r) + "\n" for r in [*pair_rows, *bad, *repeats]))
     out = tmp_path / "run"
     summary = run(load_config(None, small_overrides(tiny_model_dir, str(data), str(out), **{"loss.type": "simpo", "loss.beta": 2.0})))
     assert summary["ref/skipped"] == 1.0
-    assert summary["data/rows_read"] == 403 and summary["data/rows_dropped"] == 3
+    assert summary["data/rows_read"] == 503 and summary["data/rows_dropped"] == 2
+    assert summary["data/duplicates_removed"] == 101
     report = json.loads((out / "data_report.json").read_text())
-    assert report["dropped"] == {"duplicate": 1, "identical_completions": 1, "missing_field": 1}
+    assert report["dropped"] == {"identical_completions": 1, "missing_field": 1}
+    assert report["duplicates_removed"] == 101 and report["kept"] == 400 and report["drop_fraction"] == 2 / 503
+    assert "101 duplicate pairs removed (data.dedup=false keeps them)" in format_summary(summary)
     assert report["examples"]["missing_field"] == [f"{data}:401"]
-    assert report["examples"]["duplicate"] == [f"{data}:402"]
+    assert report["duplicate_examples"] == [f"{data}:{n}" for n in (402, 404, 405, 406, 407)]  # the first 5 by source
     assert math.isfinite(summary["eval/loss"]) and (out / "model").exists()
 
 
