@@ -291,7 +291,7 @@ def _train_step(engine: Any, batches: Iterator[dict[str, np.ndarray]], cfg: Conf
                               chunk_size=cfg.train.logps_chunk_size)
         engine.backward(out.result.losses.mean())  # DeepSpeed divides by the accumulation steps
         engine.step()  # steps the optimizer and scheduler only at the accumulation boundary
-        sums += metric_sums(out.result, out.stats)
+        sums += metric_sums(out.result, out.stats, beta=cfg.loss.beta)
         tokens[0] += out.num_tokens
         tokens[1] += out.padded_tokens
     return sums, tokens
@@ -333,10 +333,11 @@ def _evaluate(engine: Any, shard: EvalShard, cfg: Config, pad_id: int, device: t
         out = batch_objective(engine, mine[i] if counted else first, cfg.loss, pad_id=pad_id, device=device,
                               chunk_size=cfg.train.logps_chunk_size)
         if counted:
-            sums[0] += metric_sums(out.result, out.stats)
-            mixture = torch.as_tensor(np.asarray(mine[i]["mixture"], dtype=np.int64), device=device)
+            sums[0] += metric_sums(out.result, out.stats, beta=cfg.loss.beta)
+            # torch.tensor copies: Ray Data's numpy batches are read-only (torch.as_tensor warns on them)
+            mixture = torch.tensor(np.asarray(mine[i]["mixture"], dtype=np.int64), device=device)
             for s in range(len(names)):
-                sums[1 + s] += metric_sums(out.result, out.stats, mask=mixture == s)
+                sums[1 + s] += metric_sums(out.result, out.stats, mask=mixture == s, beta=cfg.loss.beta)
     dist.all_reduce(sums)
     engine.train()
     metrics = finalize(sums[0], "eval/")

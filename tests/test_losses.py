@@ -349,7 +349,7 @@ def test_metrics_follow_trl_definitions() -> None:
     out = preference_loss(t(-1.0, -5.0), t(-3.0, -6.0), t(-2.0, -5.0), t(-2.0, -6.0), loss_type="sigmoid", beta=0.1)
     stats = SequenceStats(logps=t(-1.0, -5.0, -3.0, -6.0), num_tokens=t(2, 3, 1, 1), logits_sum=t(2.0, 3.0, 4.0, 6.0),
                           prefix_logps=t(-1.0, -5.0, -3.0, -6.0))
-    sums = metric_sums(out, stats) * 2  # two "workers" with the same batch add up
+    sums = metric_sums(out, stats, beta=0.1) * 2  # two "workers" with the same batch add up
     m = finalize(sums, prefix="eval/")
     assert m["eval/rewards/accuracies"] == pytest.approx(0.5)
     assert m["eval/rewards/margins"] == pytest.approx(0.1)  # (0.2 + 0) / 2
