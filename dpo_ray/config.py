@@ -78,8 +78,11 @@ class SourceConfig:
     weight: float = 1.0
     """Share of the train stream: source s fills weight_s / sum(weights) of every epoch."""
     split: str = "train"
+    """As data.split: the split of a hub dataset or a saved DatasetDict."""
     subset: str | None = None
+    """As data.subset: the hub dataset configuration name."""
     revision: str | None = None
+    """As data.revision: the hub dataset revision."""
     eval: bool = False
     """Held out whole for evaluation (then no source is split by prompt hash)."""
 
@@ -406,10 +409,15 @@ class TrainConfig:
 @dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
+    """The policy model (the reference is its frozen copy): where it loads from, dtype, LoRA."""
     data: DataConfig = field(default_factory=DataConfig)
+    """Preference pairs: where they are read from, their layout, tokenization and the eval split."""
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    """The reference log-probs: the scoring actor pool and its cache."""
     loss: LossConfig = field(default_factory=LossConfig)
+    """The preference loss (README: Losses) and its modifiers."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """Ray Train + DeepSpeed: workers, optimizer, schedule, evaluation, checkpoints, stopping."""
     output_dir: str = "outputs/quickstart"
     """Where model/, metrics.json, config.yaml and Ray's run files go."""
     overwrite_output_dir: bool = False

@@ -29,7 +29,7 @@ class TuneSettings:
     searcher: Literal["grid", "random", "optuna"] = "random"
     """grid: every combination of grid/choice values; random: independent samples; optuna: TPE."""
     num_samples: int | None = None
-    """Trials (random, optuna) or repeats of the whole grid (grid). Default: 8, or 1 for grid."""
+    """Trials (random, optuna; unset: 8) or repeats of the whole grid (grid; unset: 1)."""
     max_concurrent_trials: int | None = None
     """Trials running at once; unset: as many as the cluster's CPUs (GPUs) hold side by side."""
     metric: str = "eval/rewards/accuracies"

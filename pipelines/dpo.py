@@ -9,7 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from dpo_ray.config import ConfigError, load_config
+from dpo_ray.config import Config, ConfigError, load_config
+from dpo_ray.config_help import format_help, sections
 from dpo_ray.data import DataError
 from dpo_ray.stopping import TrainingError
 from dpo_ray.summary import format_summary
@@ -18,7 +19,8 @@ DEFAULT_CONFIG = Path(__file__).parent / "configs" / "quickstart.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=format_help(sections(Config)),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: the quickstart)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. loss.beta=0.05 train.max_steps=20")
     args = parser.parse_args(argv)

@@ -10,16 +10,18 @@ import argparse
 import sys
 from pathlib import Path
 
-from dpo_ray.config import ConfigError, load_config
+from dpo_ray.config import Config, ConfigError, load_config
+from dpo_ray.config_help import format_help, sections
 from dpo_ray.data import DataError
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "quickstart.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG))
-    parser.add_argument("overrides", nargs="*")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=format_help(sections(Config)),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: the quickstart)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, as pipelines/dpo.py takes them")
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)

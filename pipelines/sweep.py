@@ -11,16 +11,19 @@ import argparse
 import sys
 from pathlib import Path
 
-from dpo_ray.config import ConfigError
+from dpo_ray.config import Config, ConfigError
+from dpo_ray.config_help import format_help, sections
 from dpo_ray.data import DataError
 from dpo_ray.stopping import TrainingError
-from dpo_ray.sweep_config import load_sweep
+from dpo_ray.sweep_config import TuneSettings, load_sweep
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "sweep.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    groups = sections(Config) + sections(TuneSettings, "tune.", "tune")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=format_help(groups),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None, help="sweep YAML: a run config plus a tune: group (default: configs/sweep.yaml)")
     parser.add_argument("--resume", metavar="SWEEP_DIR", help="continue the sweep in this output_dir (its saved config is used)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides: run keys (train.max_steps=20) or tune keys (tune.num_samples=4)")
