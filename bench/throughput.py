@@ -15,6 +15,11 @@ perf/steady_*, TRL's step-end callback and collator). Time to first step: from t
 the subprocess to the end of optimizer step 1 (Python start, imports, Ray start, tokenization, the
 reference pass where one runs before training, model load, the step-0 eval that both run).
 Targets: dpo_ray >= 1.3x TRL default's pairs/s and >= 1.1x TRL with precomputed reference.
+
+Issue 16 adds the setting where dpo_ray is weakest (result key "uniform"): short pairs of near-uniform
+length, so length grouping saves nothing, one worker, and no resource settings (auto, as a user who
+sets nothing runs), against TRL default and precompute. Targets there: >= 1.3x and >= 1.0x.
+`--only-uniform` runs that setting alone and keeps the varying-length arms of the results file.
 """
 
 from __future__ import annotations
@@ -33,9 +38,10 @@ from reference import varying_rows
 sys.path.insert(0, str(REPO))
 
 from dpo_ray.modeling import load_model  # noqa: E402
-from dpo_ray.toy import build_tiny_model  # noqa: E402
+from dpo_ray.toy import build_tiny_model, make_preference_rows  # noqa: E402
 
 TARGET_DEFAULT, TARGET_PRECOMPUTE = 1.3, 1.1
+UNIFORM_TARGET_DEFAULT, UNIFORM_TARGET_PRECOMPUTE = 1.3, 1.0  # issue 16: uniform short pairs, 1 worker, defaults
 
 
 def run(cmd: list[str]) -> float:
@@ -43,20 +49,25 @@ def run(cmd: list[str]) -> float:
     return run_in_repo(cmd)[0]
 
 
-def dpo_ray_arm(workers: int, setup: dict[str, Any], work: Path, group_by_length: bool = True, warm: bool = False) -> dict[str, Any]:
-    """One pipelines/dpo.py run on the shared caches: the first arm fills them (cold), later arms (``warm``) read them."""
-    out = work / f"dpo_ray-w{workers}{'' if group_by_length else '-ungrouped'}"
-    cache = work / "dpo_ray-cache"  # empty for the first arm; the manifests name their files, so it stays put
+def dpo_ray_arm(workers: int, setup: dict[str, Any], work: Path, group_by_length: bool = True, warm: bool = False,
+                defaults: bool = False) -> dict[str, Any]:
+    """One pipelines/dpo.py run on the shared caches: the first arm fills them (cold), later arms (``warm``) read them.
+    ``defaults``: train.cpus_per_worker and train.zero_stage left to auto, as a user who sets nothing runs."""
+    tag = setup.get("tag", "")
+    out = work / f"dpo_ray{tag}-w{workers}{'' if group_by_length else '-ungrouped'}{'-defaults' if defaults else ''}"
+    cache = work / f"dpo_ray{tag}-cache"  # empty for the first arm; the manifests name their files, so it stays put
     launched = run([sys.executable, "pipelines/dpo.py", f"model.name_or_path={setup['model']}", f"data.path={setup['data']}",
                     f"data.max_length={setup['max_length']}", f"data.eval_fraction={setup['eval_fraction']}",
                     "loss.type=sigmoid", "loss.beta=0.1", f"train.max_steps={setup['steps']}",
                     f"train.batch_size={setup['batch_size']}", f"train.micro_batch_size={setup['micro_batch_size']}",
-                    f"train.num_workers={workers}", "train.cpus_per_worker=1", f"train.eval_every={setup['steps']}",
+                    f"train.num_workers={workers}", *([] if defaults else ["train.cpus_per_worker=1", "train.zero_stage=2"]),
+                    f"train.eval_every={setup['steps']}",
                     "train.learning_rate=1e-4", "train.warmup_ratio=0.1", "train.report_to=[]",
                     f"train.group_by_length={str(group_by_length).lower()}",
                     f"data.cache_dir={cache}/tokenized", f"reference.cache_dir={cache}/reference", f"output_dir={out}"])
     m = json.loads((out / "metrics.json").read_text())
     name = f"dpo_ray {workers} worker{'s' if workers > 1 else ''}" + ("" if group_by_length else ", no length grouping")
+    name += ", defaults" if defaults else ""
     return {"arm": name, "workers": workers, "caches": "warm" if warm else "cold",
             "steady_pairs_per_second": m["perf/steady_pairs_per_second"],
             "steady_tokens_per_second": m["perf/steady_tokens_per_second"],
@@ -64,11 +75,40 @@ def dpo_ray_arm(workers: int, setup: dict[str, Any], work: Path, group_by_length
             "ray_start_seconds": m["perf/ray_start_seconds"], "data_and_reference_seconds": m["perf/prepare_seconds"],
             "reference_seconds": m.get("ref/seconds"), "pad_fraction": m["perf/pad_fraction"],
             "model_state_mib_per_worker": m.get("perf/model_state_mib"), "peak_memory_mib_per_worker": m.get("perf/peak_memory_mib"),
-            "eval_loss_final": m["eval/loss"]}
+            "auto": m.get("auto", ""), "eval_loss_final": m["eval/loss"]}
+
+
+def uniform_setting(args: argparse.Namespace, work: Path, has_trl: bool) -> dict[str, Any]:
+    """Issue 16's setting, where length grouping saves nothing: short pairs of near-uniform length (the
+    quickstart's, max_length 64), one worker, dpo_ray's defaults only, batch 16 in micro-batches of 8."""
+    steps = 4 if args.smoke else args.uniform_steps
+    rows = make_preference_rows(int(steps * 16 / 0.95) + 32, seed=5)
+    model_dir = build_tiny_model(work / "uniform-model", rows, hidden_size=args.hidden, num_layers=args.uniform_layers,
+                                 num_heads=max(args.hidden // 64, 1))
+    data = work / "uniform-pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    setup = {"model": str(model_dir), "data": str(data), "max_length": 64, "eval_fraction": 0.05, "steps": steps,
+             "batch_size": 16, "micro_batch_size": 8, "cpus": 2, "tag": "-uniform"}
+    arms = [dpo_ray_arm(1, setup, work, defaults=True)]
+    if has_trl:
+        arms += [trl_arm(False, setup, work), trl_arm(True, setup, work)]
+    by = {a["arm"]: a["steady_pairs_per_second"] for a in arms}
+    ours = by["dpo_ray 1 worker, defaults"]
+    ratios = {"vs_trl_default": round(ours / by["TRL default"], 3),
+              "vs_trl_precompute": round(ours / by["TRL precompute_ref_log_probs=True"], 3)} if has_trl else {}
+    if ratios:
+        ratios["targets_met"] = ratios["vs_trl_default"] >= UNIFORM_TARGET_DEFAULT and ratios["vs_trl_precompute"] >= UNIFORM_TARGET_PRECOMPUTE
+    params = sum(p.numel() for p in load_model(str(model_dir)).parameters())
+    return {"notes": (f"Llama built from config ({params / 1e6:.2f}M parameters), fp32; {len(rows)} quickstart-style pairs "
+                      f"(near-uniform, short), max_length 64; {steps} steps of 16 pairs in micro-batches of 8; dpo_ray with 1 "
+                      "worker and no resource settings (auto), TRL with 2 torch threads (the machine). Targets: >= "
+                      f"{UNIFORM_TARGET_DEFAULT}x TRL default, >= {UNIFORM_TARGET_PRECOMPUTE}x TRL precompute."),
+            "parameters": params, "arms": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in a.items()} for a in arms],
+            **ratios}
 
 
 def trl_arm(precompute: bool, setup: dict[str, Any], work: Path) -> dict[str, Any]:
-    out = work / f"trl-{'pre' if precompute else 'default'}.json"
+    out = work / f"trl{setup.get('tag', '')}-{'pre' if precompute else 'default'}.json"
     launched = run([sys.executable, "bench/trl_dpo.py", "--model", setup["model"], "--data", setup["data"],
                     "--max-length", str(setup["max_length"]), "--eval-fraction", str(setup["eval_fraction"]),
                     "--beta", "0.1", "--learning-rate", "1e-4", "--max-steps", str(setup["steps"]),
@@ -90,12 +130,29 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--micro-batch-size", type=int, default=8)
+    parser.add_argument("--uniform-steps", type=int, default=120, help="steps of the uniform short-pair setting")
+    parser.add_argument("--uniform-layers", type=int, default=6, help="layers of its model")
+    parser.add_argument("--only-uniform", action="store_true", help="run the uniform setting alone (merged into the results file)")
     parser.add_argument("--smoke", action="store_true", help="a 2-layer, 64-wide model, 4 steps")
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.smoke:
         args.hidden, args.layers, args.steps = 64, 2, 4
     work = scratch_dir("bench-throughput-")
+    has_trl = importlib.util.find_spec("trl") is not None
+    path = args.results_dir / "throughput.json"
+    if args.only_uniform:  # the varying-length arms stay as the last full run measured them
+        result = {k: v for k, v in json.loads(path.read_text()).items() if k != "machine"}
+    else:
+        result = varying_setting(args, work, has_trl)
+    result["uniform"] = uniform_setting(args, work, has_trl)
+    print(result["uniform"], flush=True)
+    path = write_result("throughput", {**result, **({"trl": version("trl")} if has_trl else {})}, args.results_dir)
+    print({k: v for k, v in result.items() if k.startswith(("vs_", "scaling", "memory", "targets"))}, f"wrote {path}")
+
+
+def varying_setting(args: argparse.Namespace, work: Path, has_trl: bool) -> dict[str, Any]:
+    """Issue 9's setting: pairs of widely varying length, 2 workers x 1 CPU, plus 1-worker scaling."""
     pairs = int(args.steps * args.batch_size / 0.95) + 16  # about one epoch: the reference passes score what trains
     rows = varying_rows(pairs, seed=0)
     model_dir = build_tiny_model(work / "model", rows, hidden_size=args.hidden, num_layers=args.layers,
@@ -107,7 +164,6 @@ def main() -> None:
              "batch_size": args.batch_size, "micro_batch_size": args.micro_batch_size, "cpus": 2}
     arms = [dpo_ray_arm(2, setup, work)]  # cold caches: time to first step includes tokenizing and the reference pass
     arms += [dpo_ray_arm(2, setup, work, group_by_length=False, warm=True), dpo_ray_arm(1, setup, work, warm=True)]
-    has_trl = importlib.util.find_spec("trl") is not None
     if has_trl:
         arms += [trl_arm(False, setup, work), trl_arm(True, setup, work)]
     for a in arms:
@@ -131,7 +187,7 @@ def main() -> None:
     else:
         ratios["trl_skipped"] = "TRL is not installed: pip install -e \".[bench]\""
     command = "python bench/throughput.py " + ("--smoke" if args.smoke else f"--hidden {args.hidden} --layers {args.layers} --steps {args.steps}")
-    path = write_result("throughput", {
+    return {
         "command": command,
         "notes": (f"Llama built from config ({params / 1e6:.2f}M parameters), fp32 on CPU; {pairs} synthetic pairs with "
                   f"prompts of widely varying length (bench/reference.py varying_rows; at the default 689 pairs 25-157 tokens a "
@@ -140,9 +196,8 @@ def main() -> None:
                   "length (its default), TRL pads each micro-batch to its longest pair (its default). "
                   + "Issue 9: " + __doc__.split("Issue 9: ", 1)[1].split("Targets:", 1)[0].replace("\n", " ").strip()),
         "parameters": params, "arms": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in a.items()} for a in arms],
-        **ratios, **({"trl": version("trl")} if has_trl else {}),
-    }, args.results_dir)
-    print(ratios, f"wrote {path}")
+        **ratios,
+    }
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -87,6 +88,13 @@ def test_throughput_bench_smoke(tmp_path: Path) -> None:
         assert result["vs_trl_default"] > 0 and result["vs_trl_precompute"] > 0 and isinstance(result["targets_met"], bool)
     else:
         assert "trl_skipped" in result
+    uniform = result["uniform"]  # issue 16: one worker, no resource settings
+    ours = next(a for a in uniform["arms"] if a["arm"] == "dpo_ray 1 worker, defaults")
+    cpus = os.cpu_count()  # Ray's CPUs on this one node
+    assert ours["auto"] == f"train.cpus_per_worker={cpus} ({cpus} CPUs on the node for 1 worker); train.zero_stage=0 (1 rank: ZeRO would partition nothing)"
+    assert ours["steady_pairs_per_second"] > 0
+    if with_trl:
+        assert uniform["vs_trl_default"] > 0 and isinstance(uniform["targets_met"], bool)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="parity needs TRL (the dev extra installs it)")
