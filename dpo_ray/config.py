@@ -104,7 +104,7 @@ class DataConfig:
     """Hub dataset configuration name."""
     revision: str | None = None
     """Hub dataset revision."""
-    format: Literal["auto", "standard", "conversational", "implicit_prompt", "ultrafeedback"] = "auto"
+    format: Literal["auto", "standard", "conversational", "implicit_prompt", "ultrafeedback", "sharegpt"] = "auto"
     """Record layout; auto detects it per row (README: Data formats)."""
     columns: ColumnsConfig = field(default_factory=ColumnsConfig)
     """Map other column names onto prompt/chosen/rejected."""

@@ -9,6 +9,9 @@ Pure ring: no Ray import. Formats (TRL's names where TRL has them):
   or message lists) and the prompt is their common prefix.
 - ultrafeedback (UltraFeedback-binarized): chosen / rejected are message lists that include the
   prompt turn(s); the prompt is the common message prefix (a string prompt column is ignored).
+- sharegpt (LLaMA-Factory's DPO layout): ``conversations`` is a list of {from, value} turns (from:
+  human / gpt / system), chosen / rejected one {from: gpt, value} turn each (or a list of them); an
+  optional ``system`` string column becomes a first system turn.
 
 A normalised row keeps texts as strings: message lists travel JSON-encoded with ``kind="messages"``.
 """
@@ -23,6 +26,10 @@ DROP_REASONS = (
     "empty_completion", "identical_completions", "no_common_prompt", "prompt_too_long", "duplicate",
     "chat_template_mismatch",
 )
+
+
+SHAREGPT_TURNS = "conversations"
+SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}  # TRL's and LLaMA-Factory's names
 
 
 class RowDrop(Exception):
@@ -44,7 +51,7 @@ def normalize_record(rec: Any, *, fmt: str, columns: dict[str, str]) -> dict[str
     rejected = _field(rec, columns["rejected"])
     has_prompt = columns["prompt"] in rec and rec[columns["prompt"]] is not None
     if fmt == "auto":
-        fmt = detect_format(has_prompt, rec.get(columns["prompt"]), chosen)
+        fmt = "sharegpt" if SHAREGPT_TURNS in rec else detect_format(has_prompt, rec.get(columns["prompt"]), chosen)
     match fmt:
         case "standard":
             prompt = _field(rec, columns["prompt"])
@@ -54,6 +61,8 @@ def normalize_record(rec: Any, *, fmt: str, columns: dict[str, str]) -> dict[str
             row = _messages_row(_messages(prompt, "prompt"), _messages(chosen, "chosen"), _messages(rejected, "rejected"))
         case "implicit_prompt" | "ultrafeedback":
             row = _split_common_prefix(chosen, rejected)
+        case "sharegpt":
+            row = _sharegpt_row(rec, chosen, rejected)
         case _:
             raise ValueError(f"data.format={fmt!r} is unknown")
     return row
@@ -125,3 +134,26 @@ def _split_common_prefix(chosen: Any, rejected: Any) -> dict[str, str]:
     if n == 0:
         raise RowDrop("no_common_prompt", "chosen and rejected share no prompt prefix")
     return _text_row(chosen[:n], chosen[n:], rejected[n:])
+
+
+def _sharegpt_turns(value: Any, name: str) -> list[dict[str, str]]:
+    """{from, value} turns (one, or a list) -> {role, content} messages; unknown roles are bad_messages."""
+    turns = [value] if isinstance(value, dict) else value
+    ok = isinstance(turns, list) and all(
+        isinstance(t, dict) and t.get("from") in SHAREGPT_ROLES and isinstance(t.get("value"), str) for t in turns
+    )
+    if not ok:
+        roles = "/".join(SHAREGPT_ROLES)
+        raise RowDrop("bad_messages", f"'{name}' is not a {{from, value}} turn or list of turns (from: {roles})")
+    return [{"role": SHAREGPT_ROLES[t["from"]], "content": t["value"]} for t in turns]
+
+
+def _sharegpt_row(rec: dict[str, Any], chosen: Any, rejected: Any) -> dict[str, str]:
+    """LLaMA-Factory's DPO layout: the prompt is ``conversations`` (after an optional ``system`` column)."""
+    prompt = _sharegpt_turns(_field(rec, SHAREGPT_TURNS), SHAREGPT_TURNS)
+    system = rec.get("system")
+    if isinstance(system, str) and system.strip() and not (prompt and prompt[0]["role"] == "system"):
+        prompt = [{"role": "system", "content": system}] + prompt
+    if not prompt:
+        raise RowDrop("bad_messages", f"'{SHAREGPT_TURNS}' has no turns")
+    return _messages_row(prompt, _sharegpt_turns(chosen, "chosen"), _sharegpt_turns(rejected, "rejected"))
