@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from dpo_ray.config import is_remote
 from dpo_ray.formats import RowDrop, normalize_record
 from dpo_ray.ref_cache import file_sha256
+from dpo_ray.tokenization import PairTokenizer, tokenize_pair, tokenizer_adds_bos  # noqa: F401 (re-exported)
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 ROW_FIELDS = ("prompt", "chosen", "rejected", "kind", "source", "drop_reason", "drop_detail", "error")
@@ -193,39 +194,6 @@ def row_hash(rid: str, prompt_ids: list[int], chosen_ids: list[int], rejected_id
     return hashlib.sha256(payload).hexdigest()[:32]
 
 
-def tokenizer_adds_bos(tokenizer: Any) -> bool:
-    """True when the tokenizer itself puts BOS in front of text (Llama-style), as TRL checks."""
-    bos = tokenizer.bos_token_id
-    return bos is not None and tokenizer("x")["input_ids"][:1] == [bos]
-
-
-def tokenize_pair(
-    prompt_ids: list[int],
-    chosen_ids: list[int],
-    rejected_ids: list[int],
-    *,
-    bos_id: int | None,
-    eos_id: int,
-    max_length: int,
-    max_prompt_length: int | None = None,
-    truncation_mode: str = "keep_end",
-) -> tuple[list[int], list[int], list[int]] | None:
-    """TRL's layout: [BOS] + prompt, completion + [EOS].
-
-    A prompt longer than max_prompt_length keeps its start or its end (truncation_mode); then
-    completions are cut so prompt + completion fits max_length. Returns None when the prompt leaves
-    no room for a completion token (the row is dropped as ``prompt_too_long``).
-    """
-    if max_prompt_length is not None and len(prompt_ids) > max_prompt_length:
-        prompt_ids = prompt_ids[:max_prompt_length] if truncation_mode == "keep_start" else prompt_ids[-max_prompt_length:]
-    if bos_id is not None and prompt_ids[:1] != [bos_id]:
-        prompt_ids = [bos_id] + prompt_ids
-    room = max_length - len(prompt_ids)
-    if room < 1:
-        return None
-    return prompt_ids, (chosen_ids + [eos_id])[:room], (rejected_ids + [eos_id])[:room]
-
-
 class TokenizeRows:
     """Callable class for Ray Data's map_batches: loads the tokenizer once per actor."""
 
@@ -235,7 +203,7 @@ class TokenizeRows:
         from dpo_ray.modeling import load_tokenizer  # transformers import only where tokenizing happens
 
         self.tokenizer = load_tokenizer(name_or_path, revision, trust_remote_code)
-        self.bos_id = self.tokenizer.bos_token_id if tokenizer_adds_bos(self.tokenizer) else None
+        self.pairs = PairTokenizer(self.tokenizer, jointly=False)
         self.lengths = {"max_length": max_length, "max_prompt_length": max_prompt_length, "truncation_mode": truncation_mode}
         self.eval_fraction = eval_fraction
         self.eval_sources = set(eval_sources)  # explicit eval sources: no prompt-hash split at all
@@ -275,38 +243,20 @@ class TokenizeRows:
         return {k: _column(v) for k, v in out.items()}
 
     def _ids(self, row: dict[str, str]) -> tuple[Any, str]:
-        """Token ids of one valid row; a str in place of ids is a drop reason."""
-        enc = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-        warning = ""
+        """Token ids of one valid row (tokenization.py); a str in place of ids is a drop reason."""
         if row["kind"] == "messages":
-            prompt_ids, chosen_ids, rejected_ids, warning = self._chat_ids(row)
-            if prompt_ids is None:
+            pair = self.pairs.chat(*(json.loads(row[k]) for k in ("prompt", "chosen", "rejected")))
+            if pair is None:
                 return "chat_template_mismatch", ""
+            bos_id = None  # the chat template writes BOS where the model wants one
         else:
-            prompt_ids, chosen_ids, rejected_ids = enc(row["prompt"]), enc(row["chosen"]), enc(row["rejected"])
-        ids = tokenize_pair(prompt_ids, chosen_ids, rejected_ids, bos_id=self.bos_id,
-                            eos_id=self.tokenizer.eos_token_id, **self.lengths)
+            pair = self.pairs.text(row["prompt"], row["chosen"], row["rejected"], implicit=row["kind"] == "implicit")
+            bos_id = self.pairs.bos_id
+        prompt_ids, chosen_ids, rejected_ids, warning = pair
+        if not prompt_ids and bos_id is None:
+            return "no_common_prompt", ""  # nothing to condition the first completion token on
+        ids = tokenize_pair(prompt_ids, chosen_ids, rejected_ids, bos_id=bos_id, eos_id=None, **self.lengths)
         return ids, warning
-
-    def _chat_ids(self, row: dict[str, str]) -> tuple[Any, Any, Any, str]:
-        """Render prompt and prompt + completion with the chat template; completion ids follow the
-        prompt's ids when they are a token prefix (TRL's check), else the text suffix is tokenized
-        and the row is counted under ``prompt_not_token_prefix``."""
-        prompt = json.loads(row["prompt"])
-        prompt_text = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-        prompt_ids = self.tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-        completions, warning = [], ""
-        for key in ("chosen", "rejected"):
-            full = self.tokenizer.apply_chat_template(prompt + json.loads(row[key]), tokenize=False)
-            if not full.startswith(prompt_text):
-                return None, None, None, ""
-            full_ids = self.tokenizer(full, add_special_tokens=False)["input_ids"]
-            if full_ids[: len(prompt_ids)] == prompt_ids:
-                completions.append(full_ids[len(prompt_ids):])
-            else:
-                completions.append(self.tokenizer(full[len(prompt_text):], add_special_tokens=False)["input_ids"])
-                warning = "prompt_not_token_prefix"
-        return prompt_ids, completions[0], completions[1], warning
 
 
 def _column(values: list[Any]) -> np.ndarray:

@@ -13,7 +13,9 @@ Pure ring: no Ray import. Formats (TRL's names where TRL has them):
   human / gpt / system), chosen / rejected one {from: gpt, value} turn each (or a list of them); an
   optional ``system`` string column becomes a first system turn.
 
-A normalised row keeps texts as strings: message lists travel JSON-encoded with ``kind="messages"``.
+A normalised row keeps texts as strings: message lists travel JSON-encoded with ``kind="messages"``;
+a string transcript split by the common prefix has ``kind="implicit"`` (tokenization moves the cut
+to a token boundary, see tokenization.py).
 """
 
 from __future__ import annotations
@@ -133,7 +135,7 @@ def _split_common_prefix(chosen: Any, rejected: Any) -> dict[str, str]:
         n -= 1  # keep the space with the completion, as TRL does
     if n == 0:
         raise RowDrop("no_common_prompt", "chosen and rejected share no prompt prefix")
-    return _text_row(chosen[:n], chosen[n:], rejected[n:])
+    return {**_text_row(chosen[:n], chosen[n:], rejected[n:]), "kind": "implicit"}
 
 
 def _sharegpt_turns(value: Any, name: str) -> list[dict[str, str]]:
