@@ -113,7 +113,10 @@ class DataConfig:
     max_prompt_length: int | None = None
     """Most prompt tokens; longer prompts are cut per truncation_mode."""
     truncation_mode: Literal["keep_end", "keep_start"] = "keep_end"
-    """Which end of an over-long prompt to keep (TRL's default keeps the end)."""
+    """Which end of a prompt longer than max_prompt_length to keep (TRL 1.16 has no prompt limit)."""
+    tokenize_jointly: bool = False
+    """Tokenize prompt + completion together and cut at the common token prefix, as TRL 1.16 does
+    (reproduces a TRL run token for token); off: the prompt keeps its own ids, as at inference."""
     eval_fraction: float = 0.1
     """Share of distinct prompts held out for evaluation (chosen by a hash of the prompt)."""
     max_drop_fraction: float = 0.05

@@ -199,11 +199,11 @@ class TokenizeRows:
 
     def __init__(self, name_or_path: str, revision: str | None, max_length: int, max_prompt_length: int | None,
                  truncation_mode: str, eval_fraction: float, trust_remote_code: bool = False,
-                 eval_sources: tuple[int, ...] = ()) -> None:
+                 eval_sources: tuple[int, ...] = (), tokenize_jointly: bool = False) -> None:
         from dpo_ray.modeling import load_tokenizer  # transformers import only where tokenizing happens
 
         self.tokenizer = load_tokenizer(name_or_path, revision, trust_remote_code)
-        self.pairs = PairTokenizer(self.tokenizer, jointly=False)
+        self.pairs = PairTokenizer(self.tokenizer, jointly=tokenize_jointly)
         self.lengths = {"max_length": max_length, "max_prompt_length": max_prompt_length, "truncation_mode": truncation_mode}
         self.eval_fraction = eval_fraction
         self.eval_sources = set(eval_sources)  # explicit eval sources: no prompt-hash split at all

@@ -268,7 +268,7 @@ def tokenize(cfg: Config, rows: ray.data.Dataset) -> ray.data.Dataset:
             "trust_remote_code": cfg.model.trust_remote_code,
             "eval_sources": tuple(i for i, s in enumerate(d.sources) if s.eval),
             "max_prompt_length": d.max_prompt_length, "truncation_mode": d.truncation_mode,
-            "eval_fraction": d.eval_fraction,
+            "eval_fraction": d.eval_fraction, "tokenize_jointly": d.tokenize_jointly,
         },
         compute=ray.data.ActorPoolStrategy(size=d.tokenize_actors),
         batch_size=d.tokenize_batch_size,
