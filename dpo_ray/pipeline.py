@@ -11,6 +11,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,6 +36,7 @@ from dpo_ray.reference import ReferenceScorer
 from dpo_ray.row_tasks import add_order_key, column_sums, mixture_copies, summarize, valid_id_prefixes, valid_with_prefix
 from dpo_ray.resources import resolve_auto
 from dpo_ray.stopping import TrainingError, total_steps
+from dpo_ray.tokenization import TOKENIZE_VERSION
 from dpo_ray.tracking import LiveTracking, finish_mlflow, start_mlflow
 from dpo_ray.train_loop import train_loop_per_worker
 
@@ -194,6 +196,9 @@ def tokenized_key(cfg: Config) -> tuple[str, dict[str, Any]] | None:
         "inputs": inputs, "tokenizer": model_identity(cfg.model.name_or_path, cfg.model.revision)["tokenizer"],
         "format": d.format, "columns": d.column_map(), "eval_fraction": d.eval_fraction,
         "lengths": {"max_length": d.max_length, "max_prompt_length": d.max_prompt_length, "truncation_mode": d.truncation_mode},
+        # the ids also depend on the tokenizer libraries (transformers 5 reads tokenizer files differently from 4)
+        "tokenize": {"version": TOKENIZE_VERSION, "jointly": d.tokenize_jointly,
+                     "libraries": {p: version(p) for p in ("transformers", "tokenizers")}},
         "stage": "tokenized",
     }
     return cache_key(parts), parts
@@ -285,6 +290,7 @@ def reference_key(cfg: Config, data_id: DataId) -> tuple[str, dict[str, Any]]:
         "rows": data_id.rows,
         "dtype": str(resolve_dtype(ref.dtype, on_gpu=ref.num_gpus_per_actor > 0)).removeprefix("torch."),
         "lengths": {"max_length": d.max_length, "max_prompt_length": d.max_prompt_length, "truncation_mode": d.truncation_mode},
+        "tokenize": {"version": TOKENIZE_VERSION, "jointly": d.tokenize_jointly},
     }
     return cache_key(parts), parts
 
