@@ -25,7 +25,7 @@ from typing import Any
 
 DROP_REASONS = (
     "invalid_json", "not_an_object", "missing_field", "null_field", "non_string", "bad_messages",
-    "empty_completion", "identical_completions", "no_common_prompt", "prompt_too_long", "duplicate",
+    "empty_completion", "identical_completions", "no_common_prompt", "prompt_too_long",
     "chat_template_mismatch",
 )
 
