@@ -253,8 +253,8 @@ class TokenizeRows:
             pair = self.pairs.text(row["prompt"], row["chosen"], row["rejected"], implicit=row["kind"] == "implicit")
             bos_id = self.pairs.bos_id
         prompt_ids, chosen_ids, rejected_ids, warning = pair
-        if not prompt_ids and bos_id is None:
-            return "no_common_prompt", ""  # nothing to condition the first completion token on
+        if not prompt_ids and bos_id is None and row["kind"] == "implicit":
+            return "no_common_prompt", ""  # the transcripts share no token: nothing to condition on
         ids = tokenize_pair(prompt_ids, chosen_ids, rejected_ids, bos_id=bos_id, eos_id=None, **self.lengths)
         return ids, warning
 
