@@ -57,8 +57,9 @@ def source_kind(path: str) -> str:
     return "files"
 
 
-def expand_paths(path: str) -> list[str]:
-    """A file, a directory of data files, or a glob -> sorted list of files. Errors name the path.
+def expand_paths(path: str, where: str = "data.path") -> list[str]:
+    """A file, a directory of data files, or a glob -> sorted list of files. Errors name the path
+    and ``where`` it comes from (``data.sources <name>: path`` for a mixture's source).
 
     Remote URIs (s3://, gs://, file://) are passed to Ray Data's readers as they are.
     """
@@ -67,16 +68,16 @@ def expand_paths(path: str) -> list[str]:
     if os.path.isdir(path):
         files = sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(SUFFIXES))
         if not files:
-            raise DataError(f"data.path {path}: directory has no {'/'.join(SUFFIXES)} files")
+            raise DataError(f"{where} {path}: directory has no {'/'.join(SUFFIXES)} files")
         return files
     if any(ch in path for ch in "*?["):
         files = sorted(f for f in glob.glob(path, recursive=True) if os.path.isfile(f))
         if not files:
-            raise DataError(f"data.path {path}: the glob matches no files")
+            raise DataError(f"{where} {path}: the glob matches no files")
     elif os.path.isfile(path):
         files = [path]
     else:
-        raise DataError(f"data.path {path}: no such file or directory (a hub dataset id needs no leading ./ or /)")
+        raise DataError(f"{where} {path}: no such file or directory (a hub dataset id needs no leading ./ or /)")
     wrong = [f for f in files if not f.endswith(SUFFIXES)]
     if wrong:
         raise DataError(f"{wrong[0]}: unsupported file type; use {', '.join(SUFFIXES)}")

@@ -31,11 +31,8 @@ def local_output(output_dir: str, overwrite: bool) -> Iterator[Path]:
     uploaded when the block ends (whatever it holds, also after an error: the data report, the
     history) and then removed. A finished run there is refused unless ``overwrite``."""
     if not is_remote(output_dir):
-        out = Path(output_dir)
-        if (out / "model").exists() and not overwrite:
-            raise ConfigError(f"output_dir {out} already holds a finished run (model/); "
-                              "choose another output_dir or set overwrite_output_dir=true")
-        yield out
+        refuse_finished_run(Path(output_dir), overwrite)
+        yield Path(output_dir)
         return
     fs, base = _open(output_dir)
     if fs.get_file_info(f"{base}/{FINISHED_MARK}").type == pafs.FileType.File and not overwrite:
@@ -47,6 +44,13 @@ def local_output(output_dir: str, overwrite: bool) -> Iterator[Path]:
     finally:
         upload(stage, output_dir)
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def refuse_finished_run(out: Path, overwrite: bool) -> None:
+    """A local output_dir that holds a finished run (model/) is kept unless ``overwrite``."""
+    if (out / "model").exists() and not overwrite:
+        raise ConfigError(f"output_dir {out} already holds a finished run (model/); "
+                          "choose another output_dir or set overwrite_output_dir=true")
 
 
 def upload(stage: Path, output_dir: str) -> None:

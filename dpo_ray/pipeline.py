@@ -22,7 +22,7 @@ import ray.data
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from dpo_ray.config import Config, ConfigError, resolve_paths
+from dpo_ray.config import Config, resolve_paths
 from dpo_ray.data import (
     DataError, TokenizeRows, expand_paths, input_identity, is_saved_dataset, load_hf_table, normalize_table, parse_file, source_kind,
 )
@@ -31,6 +31,7 @@ from dpo_ray.objective import REF_COLUMNS
 from dpo_ray.outputs import join, local_output
 from dpo_ray.modeling import resolve_dtype
 from dpo_ray.plots import plot_curves, write_tensorboard
+from dpo_ray.preflight import find_checkpoint, preflight
 from dpo_ray.ref_cache import CacheStore, DataId, cache_key, model_identity, versions
 from dpo_ray.reference import ReferenceScorer
 from dpo_ray.row_tasks import add_order_key, column_sums, mixture_copies, summarize, valid_id_prefixes, valid_with_prefix
@@ -65,6 +66,8 @@ def run(
     share one data and reference stage, the ``prepared`` datasets.
     """
     cfg = resolve_paths(config)
+    if prepared is None:  # a sweep trial on shared datasets: its driver checked them
+        preflight(cfg)  # before Ray starts: one line for a missing model, data file, ...
     resume_path = find_checkpoint(cfg.train.resume_from) if cfg.train.resume_from else None
     with local_output(cfg.output_dir, cfg.overwrite_output_dir) as out:  # a staging folder for a URI
         return _run(cfg, out, resume_path, fault_injection, run_name, callbacks, prepared)
@@ -156,6 +159,7 @@ def mixture_rates(cfg: Config, counts: dict[str, Any]) -> list[float]:
 def precompute_reference(config: Config) -> dict[str, Any]:
     """The data and reference stages alone: warm the cache (before a sweep, say). Returns stats."""
     cfg = resolve_paths(config)
+    preflight(cfg, writes_model=False)
     _start_ray()
     with local_output(cfg.output_dir, overwrite=True) as out:  # only data_report.json goes there
         kept, counts, data_id = prepare_pairs(cfg, out)
@@ -382,18 +386,6 @@ def build_trainer(cfg: Config, train_ds: ray.data.Dataset, eval_ds: ray.data.Dat
         datasets={"train": train_ds, "eval": eval_ds},
         dataset_config=DataConfig(datasets_to_split=[]),
     )
-
-
-def find_checkpoint(path: str) -> str:
-    """train.resume_from: a checkpoint folder, or a run's output_dir (its newest training checkpoint)."""
-    root = Path(path).resolve()
-    if (root / "run_state.json").exists():
-        return str(root)
-    found = sorted(root.glob("ray/*/checkpoint_*/run_state.json"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise ConfigError(f"train.resume_from={path}: no checkpoint found (looked for ray/*/checkpoint_*/run_state.json); "
-                          "was the run started with train.checkpoint_every?")
-    return str(found[-1].parent)
 
 
 FLAG_COLUMNS = ["row_id", "row_hash", "source", "error", "drop_reason", "drop_detail", "warning", "is_eval", "mixture"]

@@ -29,6 +29,7 @@ from ray.train.v2.api.callback import UserCallback
 from dpo_ray.config import Config, ConfigError, is_remote, resolve_paths
 from dpo_ray.pipeline import Prepared, _atomic_write, _start_ray, precompute_reference, prepare_datasets, run
 from dpo_ray.plots import plot_sweep
+from dpo_ray.preflight import preflight_sweep
 from dpo_ray.sweep_config import TuneSettings, apply_params, sort_rows
 from dpo_ray.tracking import is_number
 
@@ -87,6 +88,7 @@ def _trial(params: dict[str, Any], *, base: dict[str, Any], trials_dir: str, met
 def run_sweep(base: Config, settings: TuneSettings, *, resume: bool = False) -> dict[str, Any]:
     """Run (or resume) a sweep; returns what is written to sweep.json."""
     cfg = resolve_paths(base)
+    preflight_sweep(cfg, settings)  # before Ray starts and before the sweep state is written
     if is_remote(cfg.output_dir):
         raise ConfigError(f"output_dir {cfg.output_dir}: a sweep keeps its trials and Tune state on a local or mounted "
                           "path (an NFS share on a cluster); single runs (pipelines/dpo.py) take s3:// and gs://")

@@ -12,6 +12,7 @@ from pathlib import Path
 from dpo_ray.config import Config, ConfigError, load_config
 from dpo_ray.config_help import format_help, sections
 from dpo_ray.data import DataError
+from dpo_ray.preflight import preflight
 from dpo_ray.stopping import TrainingError
 from dpo_ray.summary import format_summary
 
@@ -26,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
+        preflight(cfg)  # model, data and output paths, in a second: before Ray and torch load
         from dpo_ray.pipeline import run  # Ray and torch load only for a valid config
 
         summary = run(cfg)

@@ -13,6 +13,7 @@ from pathlib import Path
 from dpo_ray.config import Config, ConfigError, load_config
 from dpo_ray.config_help import format_help, sections
 from dpo_ray.data import DataError
+from dpo_ray.preflight import preflight
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "quickstart.yaml"
 
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"loss.type={cfg.loss.type} is reference-free: there is nothing to precompute")
         if not cfg.reference.cache_dir:
             raise ConfigError("reference.cache_dir is off: a precomputed reference would be thrown away")
+        preflight(cfg, writes_model=False)  # the same checks as pipelines/dpo.py, before Ray and torch load
         from dpo_ray.pipeline import precompute_reference
 
         stats = precompute_reference(cfg)

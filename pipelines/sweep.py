@@ -14,6 +14,7 @@ from pathlib import Path
 from dpo_ray.config import Config, ConfigError
 from dpo_ray.config_help import format_help, sections
 from dpo_ray.data import DataError
+from dpo_ray.preflight import preflight_sweep
 from dpo_ray.stopping import TrainingError
 from dpo_ray.sweep_config import TuneSettings, load_sweep
 
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             base, settings = load_sweep(str(state), [])
         else:
             base, settings = load_sweep(args.config or str(DEFAULT_CONFIG), args.overrides)
+        preflight_sweep(base, settings)  # the same checks as pipelines/dpo.py, before Ray and torch load
         from dpo_ray.sweep import SweepInterrupted, run_sweep  # Ray loads only for a valid config
 
         summary = run_sweep(base, settings, resume=bool(args.resume))

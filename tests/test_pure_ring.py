@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-PURE = ["config", "data", "row_tasks", "collate", "logprobs", "losses", "metrics", "modeling", "ds_config", "toy", "summary", "reference", "sweep_config", "ref_cache", "plots"]
+PURE = ["config", "data", "row_tasks", "collate", "logprobs", "losses", "metrics", "modeling", "ds_config", "toy", "summary", "reference", "sweep_config", "ref_cache", "plots", "preflight", "stopping"]
 
 
 @pytest.mark.parametrize("module", PURE)
