@@ -448,7 +448,10 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
 
 def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A config file's top-level mapping (empty for an empty file)."""
-    loaded = yaml.safe_load(_read_text(Path(path)))
+    try:
+        loaded = yaml.safe_load(_read_text(Path(path)))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({yaml_problem(err)}); fix the file") from err
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
@@ -463,8 +466,20 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override '{item}': expected key=value, e.g. loss.beta=0.05")
-        parsed.append((key.strip(), yaml.safe_load(value) if value.strip() else ""))
+        try:
+            parsed.append((key.strip(), yaml.safe_load(value) if value.strip() else ""))
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override '{item}': the value is not valid YAML ({yaml_problem(err)}); "
+                              "quote it (key='\"...\"') or close its brackets") from err
     return parsed
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message as one phrase: the problem and where (1-based line, column)."""
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
+        mark = err.problem_mark
+        return f"{err.problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return str(err).splitlines()[0]
 
 
 def is_remote(path: str) -> bool:
