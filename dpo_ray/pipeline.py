@@ -418,13 +418,13 @@ def _validate_rows(tokenized: ray.data.Dataset, cfg: Config, out: Path) -> tuple
     counts = {
         "data/rows_read": report["rows_read"], "data/rows_dropped": report["rows_dropped"],
         "data/train_pairs": report["train_pairs"], "data/eval_pairs": report["eval_pairs"],
+        "data/duplicates_removed": report["duplicates_removed"],
         **{f"data/dropped/{r}": n for r, n in report["dropped"].items()},
         **{f"data/warnings/{w}": n for w, n in report["warnings"].items()},
     }
     for i, source in enumerate(cfg.data.sources):
         train, held_out = summary["mixture"].get(str(i), [0, 0])
         counts[f"data/sources/{source.name}/train_pairs"] = train
-        "data/duplicates_removed": report["duplicates_removed"],
         counts[f"data/sources/{source.name}/eval_pairs"] = held_out
     if counts["data/train_pairs"] < cfg.train.batch_size:
         removed = report["duplicates_removed"]
