@@ -226,20 +226,34 @@ def tokenized_rows(cfg: Config) -> tuple[ray.data.Dataset, float]:
 
 
 def _read_cached(store: CacheStore, key: str, rows: int | None = None) -> tuple[ray.data.Dataset, dict[str, Any]] | None:
-    """A committed cache entry read whole, with its manifest; None when there is none, or when its
-    row count is not the manifest's (or ``rows``): a partial entry is never used."""
+    """A committed cache entry read whole, with its manifest; None when there is none, when its row
+    count is not ``rows``, or when it is damaged: a file recorded in the manifest is missing, has
+    another size or checksum, does not read, or the rows read are not the manifest's. A damaged
+    entry prints one warning line; the caller computes the rows again and commits a fresh entry."""
     manifest = store.read_manifest(key)
     if manifest is None or (rows is not None and manifest["rows"] != rows):
         return None
-    ds = ray.data.read_parquet(manifest["data_uri"]).materialize()
-    return (ds, manifest) if ds.count() == manifest["rows"] else None
+    problem = store.check(key, manifest)
+    if problem is None:
+        try:
+            ds = ray.data.read_parquet(store.data_files(key, manifest)).materialize()
+        except (pa.ArrowException, OSError, ray.exceptions.RayTaskError) as err:  # RayTaskError: raised in a read task
+            problem = f"is damaged (it does not read: {str(err).strip().splitlines()[-1][:200]})"
+        else:
+            if ds.count() == manifest["rows"]:
+                return ds, manifest
+            problem = f"is damaged ({ds.count()} rows read, the manifest says {manifest['rows']})"
+    print(f"cache: entry {key} at {store.entry_uri(key)} {problem}; recomputing", file=sys.stderr, flush=True)
+    return None
 
 
 def _commit_cached(store: CacheStore, key: str, ds: ray.data.Dataset, manifest: dict[str, Any]) -> None:
-    """Write ``ds`` to a fresh folder of the entry, then commit the manifest that points to it."""
+    """Write ``ds`` to a fresh folder of the entry, then commit the manifest that points to it and
+    records each file's size and checksum (what _read_cached checks)."""
     data_uri = store.new_data_uri(key)
     ds.write_parquet(data_uri)
-    store.commit(key, {**manifest, "rows": ds.count(), "data_uri": data_uri, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    store.commit(key, {**manifest, "rows": ds.count(), "data_uri": data_uri, "data_dir": data_uri.rsplit("/", 1)[1],
+                       "files": store.file_records(data_uri), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 
 def read_rows(cfg: Config) -> ray.data.Dataset:

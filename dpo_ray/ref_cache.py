@@ -4,6 +4,10 @@ A cache entry lives at ``<cache_dir>/<key>/``: one or more ``data-<id>/`` Parque
 ``manifest.json`` naming the folder that is complete. The manifest is written last, in one atomic
 step (rename locally; a single object PUT on s3/gs), so a reader that finds no manifest, or a
 manifest whose row count does not match, treats the entry as a miss: a partial cache is never used.
+The manifest also records each data file's relative path, size and (local stores) SHA-256; a read
+checks them (CacheStore.check), so a file damaged or deleted after the commit is a miss too. On
+s3/gs only sizes are checked: objects are written whole and checksummed by the store itself, and
+hashing would read the entry a second time.
 
 The key hashes everything the log-probs depend on and nothing they do not (beta, the learning rate,
 the loss, the run): the reference model's identity, the tokenizer, the tokenized pairs themselves,
@@ -102,6 +106,42 @@ class CacheStore:
 
     def new_data_uri(self, key: str) -> str:
         return f"{self.entry_uri(key)}/data-{uuid.uuid4().hex[:12]}"
+
+    def data_uri(self, key: str, manifest: dict[str, Any]) -> str:
+        """The entry's committed data folder (relative in the manifest, so a moved cache_dir still reads)."""
+        return f"{self.entry_uri(key)}/{manifest['data_dir']}"
+
+    def _fs_path(self, uri: str) -> str:
+        return f"{self.base.rstrip('/')}{uri[len(self.root.rstrip('/')):]}"
+
+    def file_records(self, data_uri: str) -> list[dict[str, Any]]:
+        """Each file under a data folder this store wrote: relative path, size, and SHA-256 when local."""
+        base = self._fs_path(data_uri)
+        local = isinstance(self.fs, pafs.LocalFileSystem)
+        infos = sorted(self.fs.get_file_info(pafs.FileSelector(base, recursive=True)), key=lambda i: i.path)
+        return [{"path": i.path[len(base) + 1:], "size": i.size, **({"sha256": file_sha256(i.path)} if local else {})}
+                for i in infos if i.type == pafs.FileType.File]
+
+    def data_files(self, key: str, manifest: dict[str, Any]) -> list[str]:
+        """The URIs of the files the manifest records: exactly those are read, nothing added later."""
+        return [f"{self.data_uri(key, manifest)}/{r['path']}" for r in manifest["files"]]
+
+    def check(self, key: str, manifest: dict[str, Any]) -> str | None:
+        """What is wrong with a committed entry's files, as the end of a sentence; None when each
+        recorded file is there with its size (and, locally, its SHA-256)."""
+        if "files" not in manifest or "data_dir" not in manifest:
+            return "has no file records (an older dpo_ray wrote it)"
+        folder = self._fs_path(self.data_uri(key, manifest))
+        for record in manifest["files"]:
+            path, name = f"{folder}/{record['path']}", f"{manifest['data_dir']}/{record['path']}"
+            info = self.fs.get_file_info(path)
+            if info.type != pafs.FileType.File:
+                return f"is damaged ({name} is missing)"
+            if info.size != record["size"]:
+                return f"is damaged ({name} is {info.size} bytes, the manifest says {record['size']})"
+            if "sha256" in record and file_sha256(path) != record["sha256"]:
+                return f"is damaged ({name} does not match its SHA-256)"
+        return None
 
     def read_manifest(self, key: str) -> dict[str, Any] | None:
         path = f"{self.base.rstrip('/')}/{key}/manifest.json"

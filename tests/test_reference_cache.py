@@ -68,7 +68,7 @@ def test_cache_miss_then_hit_without_scoring(tiny_model_dir, pairs_jsonl, tmp_pa
     assert all(np.array_equal(first[k], second[k]) for k in first)
 
 
-def test_partial_cache_is_never_used(tiny_model_dir, pairs_jsonl, tmp_path) -> None:
+def test_partial_cache_is_never_used(tiny_model_dir, pairs_jsonl, tmp_path, capsys) -> None:
     cfg = load_config(None, small_overrides(tiny_model_dir, pairs_jsonl, str(tmp_path / "run")))
     pairs, data_id = _prepare(cfg, tmp_path / "run")
     key, _ = reference_key(cfg, data_id)
@@ -82,6 +82,20 @@ def test_partial_cache_is_never_used(tiny_model_dir, pairs_jsonl, tmp_path) -> N
     assert stats["ref/cache_hit"] == 0.0
     _, stats = reference_stage(cfg, pairs, data_id)  # the rescored entry was committed over the bad one
     assert stats["ref/cache_hit"] == 1.0
+
+    # A part overwritten after the commit and its record rewritten to match, as a store that checks
+    # sizes only (s3/gs) would not notice: the read fails, one warning, scored and committed afresh.
+    manifest = store.read_manifest(key)
+    Path(store.data_files(key, manifest)[0]).write_bytes(b"not parquet" * 100)
+    store.commit(key, {**manifest, "files": store.file_records(store.data_uri(key, manifest))})
+    capsys.readouterr()
+    _, again = reference_stage(cfg, pairs, data_id)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("cache:")]
+    assert again["ref/cache_hit"] == 0.0 and len(warnings) == 1
+    assert warnings[0].startswith(f"cache: entry {key} at {store.entry_uri(key)} is damaged (it does not read: ")
+    assert warnings[0].endswith("); recomputing")
+    _, third = reference_stage(cfg, pairs, data_id)
+    assert third["ref/cache_hit"] == 1.0
 
 
 def test_key_changes_with_each_input(tiny_model_dir, pairs_jsonl, tmp_path) -> None:
