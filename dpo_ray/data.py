@@ -218,7 +218,12 @@ class TokenizeRows:
         for i in range(len(batch["source"])):
             mixture = int(mixtures[i])
             row = {k: str(batch[k][i]) for k in ROW_FIELDS}
-            ids, warning = self._ids(row) if not (row["error"] or row["drop_reason"]) else (None, "")
+            ids, warning = None, ""
+            if not (row["error"] or row["drop_reason"]):
+                try:
+                    ids, warning = self._ids(row)
+                except RowDrop as err:  # the chat template raised (PairTokenizer.render): this row only
+                    row["drop_reason"], row["drop_detail"] = err.reason, f"{row['source']}: {err}"
             drop = row["drop_reason"] or ("" if row["error"] or ids is not None else "prompt_too_long")
             if isinstance(ids, str):  # a chat-template drop reason
                 drop, ids = ids, None

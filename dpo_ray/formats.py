@@ -26,7 +26,7 @@ from typing import Any
 DROP_REASONS = (
     "invalid_json", "not_an_object", "missing_field", "null_field", "non_string", "bad_messages",
     "empty_completion", "identical_completions", "no_common_prompt", "prompt_too_long",
-    "chat_template_mismatch",
+    "chat_template_mismatch", "chat_template_error",
 )
 
 

@@ -21,6 +21,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from jinja2 import TemplateError
+
+from dpo_ray.formats import RowDrop
+
 TOKENIZE_VERSION = 2
 """Bump when the ids made from the same rows and tokenizer change: the tokenized and reference cache
 keys hold it, so old entries miss. 2: TRL 1.16 parity (no EOS after a chat template's end of turn,
@@ -92,15 +96,22 @@ class PairTokenizer:
     def chat(self, prompt: list[dict[str, str]], chosen: list[dict[str, str]],
              rejected: list[dict[str, str]]) -> tuple[Ids, Ids, Ids, str] | None:
         """None when a completion's rendering does not start with the prompt's (``chat_template_mismatch``;
-        joint mode cuts at the token prefix instead, as TRL)."""
-        render = self.tokenizer.apply_chat_template
-        prompt_text = render(prompt, tokenize=False, add_generation_prompt=True)
-        full = [render(prompt + c, tokenize=False) for c in (chosen, rejected)]
+        joint mode cuts at the token prefix instead, as TRL). RowDrop ``chat_template_error`` when the
+        template raises (Mistral's refuses a system turn; TRL stops there)."""
+        prompt_text = self.render(prompt, add_generation_prompt=True)
+        full = [self.render(prompt + c, add_generation_prompt=False) for c in (chosen, rejected)]
         if not self.jointly and not all(f.startswith(prompt_text) for f in full):
             return None
         joint = [self.encode(f) for f in full]
         suffixes = [f[len(prompt_text):] for f in full]
         return self._split(self.encode(prompt_text), joint, suffixes, cut_at_prefix=self.jointly, warn=True)
+
+    def render(self, messages: list[dict[str, str]], *, add_generation_prompt: bool) -> str:
+        try:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        except TemplateError as err:  # the template's raise_exception(), an undefined name, a sandbox refusal:
+            # transformers renders with jinja2 and lets its errors through (utils/chat_template_utils.py)
+            raise RowDrop("chat_template_error", f"chat template error: {err}") from err
 
     def _split(self, prompt_ids: Ids, joint: list[Ids], completions: list[str], *, cut_at_prefix: bool,
                warn: bool) -> tuple[Ids, Ids, Ids, str]:

@@ -12,6 +12,7 @@ import pytest
 
 from _chat_families import unpack_tokenizer
 from dpo_ray.data import ROW_FIELDS, TokenizeRows, parse_file
+from dpo_ray.data_report import build_data_report, summarize_block
 from dpo_ray.formats import RowDrop, normalize_record
 from dpo_ray.tokenization import PairTokenizer, adds_prefix_space, common_prefix_length
 
@@ -21,7 +22,7 @@ COLUMNS = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}
 @pytest.fixture(scope="module")
 def family_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("tokenizers")
-    return {f: str(unpack_tokenizer(f, root / f)) for f in ("qwen3", "phi3")}
+    return {f: str(unpack_tokenizer(f, root / f)) for f in ("qwen3", "phi3", "mistral")}
 
 
 def _tokenize(model_dir: str, records: list[dict[str, Any]], **kwargs: Any) -> dict[str, np.ndarray]:
@@ -113,6 +114,27 @@ def test_joint_mode_cuts_where_prompt_and_completion_merge(family_dirs: dict[str
     assert _tokens(tok, joint["prompt_ids"][0]) == ["Answer", ":"]  # TRL: the trailing space merged away
     assert _tokens(tok, joint["chosen_ids"][0]) == ["ĠBlue", "<|im_end|>"]
     assert common_prefix_length([1, 2, 3], [1, 2, 4, 5]) == 2
+
+
+def test_a_chat_template_that_raises_drops_that_row(family_dirs: dict[str, str]) -> None:
+    import pandas as pd
+    from transformers import AutoTokenizer
+
+    user = [{"role": "user", "content": "Sky?"}]
+    system = [{"role": "system", "content": "Be brief."}, *user]  # Mistral v0.2's template raises on a system turn
+    answers = {"chosen": [{"role": "assistant", "content": "Blue."}], "rejected": [{"role": "assistant", "content": "Green."}]}
+    out = _tokenize(family_dirs["mistral"], [{"prompt": user, **answers}, {"prompt": system, **answers}])
+    assert list(out["drop_reason"]) == ["", "chat_template_error"]
+    assert out["drop_detail"][1] == "rows.jsonl:2: chat template error: Conversation roles must alternate user/assistant/user/assistant/..."
+    assert len(out["prompt_ids"][1]) == 0 and len(out["chosen_ids"][0]) > 0
+    flags = pd.DataFrame({k: list(out[k]) for k in ("source", "error", "drop_reason", "drop_detail", "warning", "is_eval", "mixture", "row_hash")})
+    report = build_data_report(summarize_block(flags), max_drop_fraction=0.05)
+    assert report["dropped"] == {"chat_template_error": 1} and report["drop_fraction"] == 0.5  # above it: the run stops
+
+    tok = AutoTokenizer.from_pretrained(family_dirs["mistral"])
+    tok.chat_template = None  # not the template raising: a tokenizer without one is an error, not a drop
+    with pytest.raises(ValueError, match="chat_template"):
+        PairTokenizer(tok, jointly=False).chat(user, answers["chosen"], answers["rejected"])
 
 
 # ---------------------------------------------------------------- cache keys
