@@ -19,10 +19,12 @@ import numpy as np
 import pyarrow as pa
 import ray
 import ray.data
+from ray.data.expressions import col
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from dpo_ray.config import Config, resolve_paths
+from dpo_ray.console import ProgressReports, progress_channel, start_ray
 from dpo_ray.data import (
     DataError, TokenizeRows, expand_paths, input_identity, is_saved_dataset, load_hf_table, normalize_table, parse_file, source_kind,
 )
@@ -34,8 +36,9 @@ from dpo_ray.plots import plot_curves, write_tensorboard
 from dpo_ray.preflight import find_checkpoint, preflight
 from dpo_ray.ref_cache import CacheStore, DataId, cache_key, model_identity, versions
 from dpo_ray.reference import ReferenceScorer
-from dpo_ray.row_tasks import add_order_key, column_sums, mixture_copies, summarize, valid_id_prefixes, valid_with_prefix
+from dpo_ray.row_tasks import add_order_key, column_sums, mixture_copies, rows_with_prefix, summarize, valid_id_prefixes
 from dpo_ray.resources import resolve_auto
+from dpo_ray.screen import follow
 from dpo_ray.stopping import TrainingError, total_steps
 from dpo_ray.tokenization import TOKENIZE_VERSION
 from dpo_ray.tracking import LiveTracking, finish_mlflow, start_mlflow
@@ -76,10 +79,11 @@ def run(
 def _run(cfg: Config, out: Path, resume_path: str | None, fault_injection: dict[str, Any] | None, run_name: str | None,
          callbacks: Callable[[dict[str, Any]], list[Any]] | None, prepared: Prepared | None) -> dict[str, Any]:
     started_at = time.time()
-    _start_ray()
+    log_dir = _start_ray()
     started = time.perf_counter()
     timing = {"perf/started_time": started_at, "perf/ray_start_seconds": time.time() - started_at,
               **({"auto": "; ".join(auto_notes)} if auto_notes else {})}
+    timing["ray/log_dir"] = log_dir  # the summary names it: Ray's own logs stay there
     cfg, auto_notes = resolve_auto(cfg, [node["Resources"] for node in ray.nodes() if node["Alive"]])
     if prepared is None:
         prepared = prepare_datasets(cfg, out)
@@ -98,10 +102,12 @@ def _run(cfg: Config, out: Path, resume_path: str | None, fault_injection: dict[
     }
     mlflow_run = start_mlflow(cfg, run_name or cfg.output_dir.rstrip("/").rsplit("/", 1)[-1])
     live = LiveTracking(str(out), "tensorboard" in cfg.train.report_to, mlflow_run)
+    progress = ProgressReports(progress_channel(out), loop_extra["total_steps"], cfg.train.batch_size)
     trainer = build_trainer(cfg, prepared.train, prepared.eval, loop_extra, run_name=run_name,
-                            callbacks=[live, *(callbacks(prepared.stats) if callbacks else [])])
+                            callbacks=[live, progress, *(callbacks(prepared.stats) if callbacks else [])])
     try:
-        result = trainer.fit()
+        with follow(progress.channel, sys.stderr, live=sys.stderr.isatty()):  # the driver prints the progress
+            result = trainer.fit()
         run_stats = {**prepared.stats, **timing, "perf/total_seconds": time.perf_counter() - started,
                      **({"mlflow_run_id": mlflow_run.run_id} if mlflow_run else {})}
         summary = _write_outputs(cfg, out, result, run_stats)
@@ -131,12 +137,12 @@ def prepare_datasets(cfg: Config, out: Path | None = None) -> Prepared:
         scored, ref_stats = reference_stage(cfg, kept, data_id)
     columns = TOKEN_COLUMNS + ([] if cfg.loss.reference_free() else list(REF_COLUMNS))
     eval_fraction = cfg.data.eval_fraction
-    train_ds = scored.filter(lambda row: row["split_key"] >= eval_fraction).select_columns(columns)
+    train_ds = scored.filter(expr=col("split_key") >= eval_fraction).select_columns(columns)
     if cfg.data.sources:
         train_ds = train_ds.map_batches(
             mixture_copies, fn_kwargs={"rates": mixture_rates(cfg, counts), "seed": cfg.train.seed}, batch_format="numpy")
     train_ds = deterministic_shuffle(train_ds, cfg.train.seed, drop=("copy",) if cfg.data.sources else ()).materialize()
-    eval_ds = scored.filter(lambda row: row["split_key"] < eval_fraction).select_columns(columns).materialize()
+    eval_ds = scored.filter(expr=col("split_key") < eval_fraction).select_columns(columns).materialize()
     epoch_pairs = train_ds.count() if cfg.data.sources else counts["data/train_pairs"]
     return Prepared(train_ds, eval_ds, {**counts, **ref_stats, "data/epoch_train_pairs": epoch_pairs})
 
@@ -167,11 +173,9 @@ def precompute_reference(config: Config) -> dict[str, Any]:
     return {**counts, **ref_stats, "cache_dir": cfg.reference.cache_dir or ""}
 
 
-def _start_ray() -> None:
-    if not ray.is_initialized():
-        ray.init()  # joins RAY_ADDRESS / a running cluster, else starts a local Ray
-    # Progress bars help in a terminal and flood a log file or `ray job logs`.
-    ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
+def _start_ray() -> str:
+    """Ray with dpo_ray's console settings (console.start_ray); returns Ray's session log folder."""
+    return start_ray()
 
 
 def prepare_pairs(cfg: Config, out: Path) -> tuple[ray.data.Dataset, dict[str, int], DataId]:
@@ -179,7 +183,7 @@ def prepare_pairs(cfg: Config, out: Path) -> tuple[ray.data.Dataset, dict[str, i
     tokenized, cache_hit = tokenized_rows(cfg)
     counts, duplicates, data_id = _validate_rows(tokenized, cfg, out)
     counts["data/tokenize_cache_hit"] = cache_hit
-    kept = tokenized.filter(lambda row: row["drop_reason"] == "" and row["source"] not in duplicates)
+    kept = tokenized.filter(expr=(col("drop_reason") == "") & ~col("source").is_in(sorted(duplicates)))
     return kept.select_columns(CACHE_COLUMNS).materialize(), counts, data_id
 
 
@@ -460,9 +464,9 @@ def _duplicate_sources(flags: ray.data.Dataset) -> frozenset[str]:
     shared = {int(v) for v in values[seen > 1]}
     if not shared:
         return frozenset()
-    rows = flags.filter(valid_with_prefix, fn_kwargs={"shared": shared})
+    rows = flags.map_batches(rows_with_prefix, fn_kwargs={"shared": shared}, batch_format="numpy")
     by_id: dict[str, list[str]] = {}
-    for row in rows.select_columns(["row_id", "source"]).take_all():
+    for row in rows.take_all():
         by_id.setdefault(row["row_id"], []).append(row["source"])
     return frozenset(s for sources in by_id.values() for s in sorted(sources, key=source_order)[1:])
 

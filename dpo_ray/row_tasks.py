@@ -44,9 +44,13 @@ def valid_id_prefixes(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"prefix": np.array([id_prefix(r) for r in batch["row_id"][valid]], dtype=np.uint64)}
 
 
-def valid_with_prefix(row: dict[str, Any], shared: set[int]) -> bool:
-    """A valid row whose id prefix is one of ``shared`` (a candidate duplicate)."""
-    return row["drop_reason"] == "" and row["error"] == "" and id_prefix(row["row_id"]) in shared
+def rows_with_prefix(batch: dict[str, np.ndarray], shared: set[int]) -> dict[str, np.ndarray]:
+    """The valid rows whose id prefix is one of ``shared`` (candidate duplicates): row_id and source.
+    A batch function, not Dataset.filter(fn), which Ray warns about (it prefers expressions; a hash
+    prefix is none)."""
+    valid = (batch["drop_reason"] == "") & (batch["error"] == "")
+    keep = valid & np.array([id_prefix(r) in shared for r in batch["row_id"]], dtype=bool)
+    return {"row_id": batch["row_id"][keep], "source": batch["source"][keep]}
 
 
 def mixture_copies(batch: dict[str, np.ndarray], rates: list[float], seed: int) -> dict[str, np.ndarray]:

@@ -53,5 +53,6 @@ def format_summary(s: dict[str, Any]) -> str:
         f"stopped    after {s['train/steps']:.0f} steps: {s['stop_reason']}",
         f"total      {s['perf/total_seconds']:.1f} s",
         f"model      {s['model_dir']}",
+        *([f"ray logs   {s['ray/log_dir']} (Ray's own output; --verbose shows it on screen)"] if s.get("ray/log_dir") else []),
     ]
     return "\n".join(lines)

@@ -134,9 +134,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             metrics["train/grad_norm"] = grad_norm
             metrics["train/skipped_steps"] = float(stopper.skipped_steps)
             metrics["train/learning_rate"] = float(scheduler.get_last_lr()[0])
-            metrics["train/epoch"] = step / steps_per_epoch
-            if rank == 0:
-                _print_progress(step, steps, metrics, state.pairs_done / state.train_seconds, state.train_seconds)
+            metrics["train/epoch"] = step / steps_per_epoch  # the driver prints the progress line (dpo_ray/screen.py)
         if stop == "non_finite":
             state.history.append({"step": float(step), **metrics})
             _report_failure(rank, state.history, step)  # the weights may hold NaN now: export nothing
@@ -410,7 +408,9 @@ def _memory_figures(device: torch.device) -> dict[str, float]:
     storages: dict[int, int] = {}
     for obj in gc.get_objects():
         try:
-            if torch.is_tensor(obj) and obj.device.type == device.type:
+            # type(), not isinstance: isinstance reads obj.__class__, and on torch.distributed.reduce_op
+            # (among gc's objects) that raises torch's deprecation warning
+            if issubclass(type(obj), torch.Tensor) and obj.device.type == device.type:
                 storage = obj.untyped_storage()
                 storages[storage.data_ptr()] = storage.nbytes()
         except (RuntimeError, NotImplementedError):  # tensors without storage (meta, some wrappers)
@@ -427,12 +427,3 @@ def _now(device: torch.device) -> float:
         torch.cuda.synchronize(device)  # time the GPU work, not its launch
     return time.perf_counter()
 
-
-def _print_progress(step: int, total: int, m: dict[str, float], pairs_per_s: float, elapsed: float) -> None:
-    eta = elapsed / step * (total - step)
-    print(
-        f"[dpo_ray] step {step}/{total} loss {m['train/loss']:.4f} "
-        f"acc {m['train/rewards/accuracies']:.3f} margin {m['train/rewards/margins']:.4f} "
-        f"{pairs_per_s:.1f} pairs/s ETA {eta:.0f}s",
-        flush=True,
-    )

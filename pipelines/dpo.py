@@ -13,6 +13,7 @@ from dpo_ray.config import Config, ConfigError, load_config
 from dpo_ray.config_help import format_help, sections
 from dpo_ray.data import DataError
 from dpo_ray.preflight import preflight
+from dpo_ray.screen import VERBOSE_HELP, set_verbose
 from dpo_ray.stopping import TrainingError
 from dpo_ray.summary import format_summary
 
@@ -23,8 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=format_help(sections(Config)),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: the quickstart)")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. loss.beta=0.05 train.max_steps=20")
     args = parser.parse_args(argv)
+    set_verbose(args.verbose)  # read where Ray starts (console.start_ray)
     try:
         cfg = load_config(args.config, args.overrides)
         preflight(cfg)  # model, data and output paths, in a second: before Ray and torch load

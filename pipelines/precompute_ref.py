@@ -14,6 +14,7 @@ from dpo_ray.config import Config, ConfigError, load_config
 from dpo_ray.config_help import format_help, sections
 from dpo_ray.data import DataError
 from dpo_ray.preflight import preflight
+from dpo_ray.screen import VERBOSE_HELP, set_verbose
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "quickstart.yaml"
 
@@ -22,8 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=format_help(sections(Config)),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: the quickstart)")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     parser.add_argument("overrides", nargs="*", help="dotted overrides, as pipelines/dpo.py takes them")
     args = parser.parse_args(argv)
+    set_verbose(args.verbose)  # read where Ray starts (console.start_ray)
     try:
         cfg = load_config(args.config, args.overrides)
         if cfg.loss.reference_free():

@@ -15,6 +15,7 @@ from dpo_ray.config import Config, ConfigError
 from dpo_ray.config_help import format_help, sections
 from dpo_ray.data import DataError
 from dpo_ray.preflight import preflight_sweep
+from dpo_ray.screen import VERBOSE_HELP, set_verbose
 from dpo_ray.stopping import TrainingError
 from dpo_ray.sweep_config import TuneSettings, load_sweep
 
@@ -27,8 +28,10 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None, help="sweep YAML: a run config plus a tune: group (default: configs/sweep.yaml)")
     parser.add_argument("--resume", metavar="SWEEP_DIR", help="continue the sweep in this output_dir (its saved config is used)")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     parser.add_argument("overrides", nargs="*", help="dotted overrides: run keys (train.max_steps=20) or tune keys (tune.num_samples=4)")
     args = parser.parse_args(argv)
+    set_verbose(args.verbose)  # read where Ray starts (console.start_ray)
     try:
         if args.resume:
             if args.config or args.overrides:

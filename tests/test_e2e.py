@@ -21,6 +21,25 @@ def _run(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess[str
     return subprocess.run([sys.executable, SCRIPT, *args], cwd=REPO, env=ray_env(), capture_output=True, text=True, timeout=timeout)
 
 
+def _steps(output: str) -> list[str]:
+    """The progress lines of a run's output, in order, cut before their metrics."""
+    return [line.split(" loss ")[0] + " " for line in output.splitlines() if line.startswith("[dpo_ray] ")]
+
+
+SHORT_RUN_PROGRESS = ["[dpo_ray] eval at step 0/4 ", "[dpo_ray] step 2/4 ", "[dpo_ray] eval at step 2/4 ",
+                      "[dpo_ray] step 4/4 ", "[dpo_ray] eval at step 4/4 "]
+"""A 4-step run logging every 2 steps and evaluating at 0, 2, 4: each line once, in this order."""
+
+
+def assert_quiet(output: str) -> None:
+    """The default console: our lines only (stage lines, progress, summary), no Ray log line, warning,
+    colour code or traceback."""
+    assert len(output.splitlines()) < 40, output
+    assert _steps(output) == SHORT_RUN_PROGRESS, output
+    for noise in ("Warning", "WARNING", "\x1b[", "Traceback", " INFO ", "TrainingReport", "(RayTrainWorker"):
+        assert noise not in output, (noise, output)
+
+
 def test_precompute_then_quickstart_hits_the_cache(tmp_path: Path) -> None:
     # The shipped quickstart config, model and data; fewer steps to keep the suite short.
     out, cache = tmp_path / "qs", tmp_path / "refcache"
@@ -29,8 +48,13 @@ def test_precompute_then_quickstart_hits_the_cache(tmp_path: Path) -> None:
     assert pre.returncode == 0, pre.stderr[-3000:]
     assert "reference: scored and cached (" in pre.stdout
     assert not (out / "model").exists()
-    proc = _run(["train.max_steps=4", "train.eval_every=2", f"output_dir={out}", f"reference.cache_dir={cache}"])
+    assert "Traceback" not in pre.stdout + pre.stderr and " INFO " not in pre.stdout + pre.stderr
+    proc = _run(["train.max_steps=4", "train.eval_every=2", "train.logging_steps=2", f"output_dir={out}", f"reference.cache_dir={cache}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_quiet(proc.stdout + proc.stderr)  # both streams, as a log file (2>&1) gets them
+    assert "[dpo_ray] eval at step 0/4 loss 0.6931 acc 0.000 " in proc.stderr  # policy == reference: ties, no wins
+    log_dir = json.loads((out / "metrics.json").read_text())["ray/log_dir"]  # Ray's own output went there
+    assert f"ray logs   {log_dir} " in proc.stdout and Path(log_dir).is_dir()
     assert "== dpo_ray summary ==" in proc.stdout
     assert "reference  cache hit (" in proc.stdout and "no reference model loaded" in proc.stdout
     assert f"model      {out / 'model'}" in proc.stdout
@@ -86,10 +110,13 @@ def test_ray_job_submit(ray_head: dict[str, str], tmp_path: Path) -> None:
     runtime_env = json.dumps({"working_dir": str(REPO), "excludes": ["outputs/", ".git/", "**/__pycache__/"]})
     proc = subprocess.run(
         ["ray", "job", "submit", "--address", address, "--runtime-env-json", runtime_env, "--",
-         "python", "pipelines/dpo.py", "train.max_steps=4", "train.eval_every=2", f"output_dir={out}"],
+         "python", "pipelines/dpo.py", "train.max_steps=4", "train.eval_every=2", "train.logging_steps=2", f"output_dir={out}"],
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert "== dpo_ray summary ==" in proc.stdout
+    # the job's log (what `ray job logs` shows): the driver's progress lines, plain, once each, in order
+    assert _steps(proc.stdout) == SHORT_RUN_PROGRESS, proc.stdout
+    assert "\r" not in proc.stdout and "(RayTrainWorker" not in proc.stdout
     assert (out / "model" / "model.safetensors").exists()
     assert json.loads((out / "metrics.json").read_text())["perf/num_workers"] == 2

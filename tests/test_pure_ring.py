@@ -8,6 +8,7 @@ import sys
 import pytest
 
 PURE = ["config", "data", "row_tasks", "collate", "logprobs", "losses", "metrics", "modeling", "ds_config", "toy", "summary", "reference", "sweep_config", "ref_cache", "plots", "preflight", "stopping"]
+PURE += ["config_help", "screen"]  # what --help and the progress lines need: no Ray
 PURE += ["tokenization", "formats", "data_report", "resources"]  # the row pipeline's pure halves and auto resources
 
 
