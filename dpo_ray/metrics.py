@@ -28,8 +28,9 @@ trainer's, so the four float32 sums differ in their last bits. On the quickstart
 |rho_c - rho_r| was at most 0.9 x 2^-23 x (|logp_c| + |logp_r|) (1-2 ulps of the sums) and a strict
 ">" counted 14% of the pairs as wins; TRL scores both models on the same batch, so its margins are
 exactly 0 there and its strict ">" gives 0. The band leaves 35x headroom above that noise and is
-far below a trained pair's margin (a 300-nat pair: 1e-3 nats of log-ratio margin). Noise of a bf16
-forward (GPU) is ~2^15 times larger than this band: there step-0 accuracy still counts noise."""
+far below a trained pair's margin (a 300-nat pair: 1e-3 nats of log-ratio margin). bf16 (GPU) keeps
+8 mantissa bits to float32's 24, so its last-bit noise is ~2^16 times coarser (not measured here):
+a band that wide would swallow real wins, so in bf16 step-0 accuracy may still count noise."""
 METRIC_NAMES = (
     "loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
     "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected",
