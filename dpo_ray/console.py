@@ -35,8 +35,10 @@ def start_ray() -> str:
     with the quiet or verbose settings; returns Ray's session log folder on this node."""
     loud = verbose()
     if not ray.is_initialized():
-        if loud and not (sys.stdout.isatty() and sys.stderr.isatty()):
-            os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no ANSI colour in a log file (read at print time)
+        if not (sys.stdout.isatty() and sys.stderr.isatty()):
+            # No ANSI colour in a log file, on the worker lines (--verbose) and on the raylet's messages
+            # (an OOM kill, say), which Ray prints on the driver in both modes. Read at print time.
+            os.environ.setdefault("RAY_COLOR_PREFIX", "0")
         if not loud:
             _console_errors_only()  # before init: its token-auth notice is a warning
         ray.init(**({} if loud else {"log_to_driver": False}))
