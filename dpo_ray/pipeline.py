@@ -23,7 +23,7 @@ from ray.data.expressions import col
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from dpo_ray.config import Config, resolve_paths
+from dpo_ray.config import Config, is_remote, resolve_paths
 from dpo_ray.console import ProgressReports, progress_channel, start_ray
 from dpo_ray.data import (
     DataError, TokenizeRows, expand_paths, input_identity, is_saved_dataset, load_hf_table, normalize_table, parse_file, source_kind,
@@ -33,15 +33,15 @@ from dpo_ray.objective import REF_COLUMNS
 from dpo_ray.outputs import join, local_output
 from dpo_ray.modeling import resolve_dtype
 from dpo_ray.plots import plot_curves, write_tensorboard
-from dpo_ray.preflight import find_checkpoint, preflight
+from dpo_ray.preflight import find_checkpoint, latest_checkpoint, preflight
 from dpo_ray.ref_cache import CacheStore, DataId, cache_key, model_identity, versions
 from dpo_ray.reference import ReferenceScorer
 from dpo_ray.row_tasks import add_order_key, column_sums, mixture_copies, rows_with_prefix, summarize, valid_id_prefixes
 from dpo_ray.resources import resolve_auto
 from dpo_ray.screen import follow
-from dpo_ray.stopping import TrainingError, total_steps
+from dpo_ray.stopping import RunInterrupted, TrainingError, interrupted_message, total_steps
 from dpo_ray.tokenization import TOKENIZE_VERSION
-from dpo_ray.tracking import LiveTracking, finish_mlflow, start_mlflow
+from dpo_ray.tracking import LiveTracking, finish_mlflow, read_progress, start_mlflow
 from dpo_ray.train_loop import train_loop_per_worker
 
 TOKEN_COLUMNS = ["row_id", "prompt_ids", "chosen_ids", "rejected_ids", "mixture"]
@@ -105,9 +105,11 @@ def _run(cfg: Config, out: Path, resume_path: str | None, fault_injection: dict[
     progress = ProgressReports(progress_channel(out), loop_extra["total_steps"], cfg.train.batch_size)
     trainer = build_trainer(cfg, prepared.train, prepared.eval, loop_extra, run_name=run_name,
                             callbacks=[live, progress, *(callbacks(prepared.stats) if callbacks else [])])
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out / "config.yaml", cfg.to_yaml())  # now, so that an interrupted run can resume from it
     try:
         with follow(progress.channel, sys.stderr, live=sys.stderr.isatty()):  # the driver prints the progress
-            result = trainer.fit()
+            result = _fit(trainer, cfg, out, loop_extra["total_steps"])
         run_stats = {**prepared.stats, **timing, "perf/total_seconds": time.perf_counter() - started,
                      **({"mlflow_run_id": mlflow_run.run_id} if mlflow_run else {})}
         summary = _write_outputs(cfg, out, result, run_stats)
@@ -116,6 +118,18 @@ def _run(cfg: Config, out: Path, resume_path: str | None, fault_injection: dict[
         raise
     finish_mlflow(mlflow_run, summary, failed=False)
     return summary
+
+
+def _fit(trainer: TorchTrainer, cfg: Config, out: Path, total: int) -> Any:
+    """trainer.fit(), with Ctrl+C turned into RunInterrupted (one line: the step reached, how to
+    resume). Ray Train's SIGINT handler aborts the worker group and ends fit() with SystemExit; a
+    KeyboardInterrupt comes where that handler is not installed yet."""
+    try:
+        return trainer.fit()
+    except (KeyboardInterrupt, SystemExit) as err:
+        local = not is_remote(cfg.output_dir)  # train.resume_from takes a local or mounted path
+        has_checkpoint = local and latest_checkpoint(out) is not None
+        raise RunInterrupted(interrupted_message(read_progress(out), total, cfg.output_dir, has_checkpoint)) from err
 
 
 @dataclass(frozen=True)

@@ -76,11 +76,33 @@ def find_checkpoint(path: str) -> str:
                           "(or one of its ray/*/checkpoint_* folders)")
     if (root / "run_state.json").exists():
         return str(root)
-    found = sorted(root.glob("ray/*/checkpoint_*/run_state.json"), key=lambda p: p.stat().st_mtime)
-    if not found:
+    found = latest_checkpoint(root)
+    if found is None:
         raise ConfigError(f"train.resume_from={path}: no checkpoint found (looked for ray/*/checkpoint_*/run_state.json); "
                           "was the run started with train.checkpoint_every?")
-    return str(found[-1].parent)
+    return str(found)
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The newest checkpoint Ray Train registered under ``<output_dir>/ray``, or None.
+
+    Each run folder's checkpoint_manager_snapshot.json (Ray Train 2.60's record, written when the
+    controller registers a checkpoint) names its latest one: a checkpoint folder written when the run
+    was stopped, before Ray registered it, may miss a rank's files and is not used. A run folder
+    without that record counts its newest checkpoint folder."""
+    candidates = []
+    for run_dir in (p for p in output_dir.glob("ray/*") if p.is_dir()):
+        snapshot = run_dir / "checkpoint_manager_snapshot.json"
+        if snapshot.is_file():
+            try:
+                latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result") or {}
+            except json.JSONDecodeError:  # cut short when the run was killed: nothing registered to trust
+                latest = {}
+            names = [latest["checkpoint_dir_name"]] if "checkpoint_dir_name" in latest else []
+        else:
+            names = [p.name for p in run_dir.glob("checkpoint_*")]
+        candidates += [run_dir / n / "run_state.json" for n in names if (run_dir / n / "run_state.json").is_file()]
+    return max(candidates, key=lambda p: p.stat().st_mtime).parent if candidates else None
 
 
 def check_model(name_or_path: str, revision: str | None, trust_remote_code: bool = False) -> None:

@@ -12,6 +12,20 @@ class TrainingError(RuntimeError):
     """Training ran but produced no usable model; the message says why and what to change."""
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl+C stopped training before a model was written; the message says where and how to resume.
+    A KeyboardInterrupt, so code that does not catch it stops as on any Ctrl+C."""
+
+
+def interrupted_message(step: int, total: int, output_dir: str, has_checkpoint: bool) -> str:
+    """The one line an interrupted run ends with (pipelines/dpo.py prints it after 'dpo_ray: ')."""
+    head = f"interrupted at step {step} of {total}; no model was written"
+    if has_checkpoint:
+        return (f"{head}; resume with: python pipelines/dpo.py --config {output_dir}/config.yaml "
+                f"train.resume_from={output_dir}")
+    return f"{head}; no checkpoint to resume from (train.checkpoint_every=N saves one every N steps)"
+
+
 def total_steps(train: TrainConfig, train_pairs: int) -> int:
     """Optimizer steps for the run: train.epochs over the train pairs when set, else train.max_steps."""
     if train.epochs is None:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -72,10 +73,23 @@ def finish_mlflow(run: MlflowRun | None, summary: dict[str, Any] | None, failed:
     client.set_terminated(run.run_id, "FAILED" if failed else "FINISHED")
 
 
+PROGRESS_FILE = "progress.json"
+"""<output_dir>/progress.json: the last step a report reached ({"step": N}); an interrupted run names it."""
+
+
+def read_progress(output_dir: str | Path) -> int:
+    """The last reported step (0 before the first report)."""
+    path = Path(output_dir, PROGRESS_FILE)
+    return int(json.loads(path.read_text())["step"]) if path.is_file() else 0
+
+
 class LiveTracking(UserCallback):
-    """Writes each report's metrics as it arrives: TensorBoard scalars, MLflow metrics."""
+    """Writes each report's metrics as it arrives: TensorBoard scalars, MLflow metrics, and the step
+    reached to progress.json. Ray Train runs it in its controller, on the driver's node, so the
+    driver reads that file (a local output_dir, or the staging folder of a URI one)."""
 
     def __init__(self, output_dir: str, tensorboard: bool, mlflow_run: MlflowRun | None) -> None:
+        self.progress_path = Path(output_dir, PROGRESS_FILE)
         self.tensorboard_dir = str(Path(output_dir, "tensorboard")) if tensorboard else None
         self.mlflow_run = mlflow_run
         self._writer: Any = None
@@ -87,6 +101,9 @@ class LiveTracking(UserCallback):
             self._close()
             return
         step, values = int(row["step"]), numeric(row)
+        tmp = self.progress_path.with_name(PROGRESS_FILE + ".tmp")
+        tmp.write_text(json.dumps({"step": step}))
+        os.replace(tmp, self.progress_path)  # a reader never sees half a file
         if self.tensorboard_dir:
             # tensorboardX's SummaryWriter queues events for a thread (flush() does not drain it); the
             # record writer underneath writes synchronously, so `tensorboard --logdir` sees this step now.

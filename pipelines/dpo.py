@@ -14,7 +14,7 @@ from dpo_ray.config_help import format_help, sections
 from dpo_ray.data import DataError
 from dpo_ray.preflight import preflight
 from dpo_ray.screen import VERBOSE_HELP, set_verbose
-from dpo_ray.stopping import TrainingError
+from dpo_ray.stopping import RunInterrupted, TrainingError
 from dpo_ray.summary import format_summary
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "quickstart.yaml"
@@ -37,6 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, TrainingError) as err:
         print(f"dpo_ray: error: {err}", file=sys.stderr)
         return 2
+    except RunInterrupted as err:
+        import ray  # loaded by now; its shutdown lines come before ours, so ours is the last line
+
+        ray.shutdown()
+        print(f"dpo_ray: {err}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("dpo_ray: interrupted before training; no model was written", file=sys.stderr)
+        return 130
     print(format_summary(summary))
     return 0
 
