@@ -197,7 +197,10 @@ def prepare_pairs(cfg: Config, out: Path) -> tuple[ray.data.Dataset, dict[str, i
     tokenized, cache_hit = tokenized_rows(cfg)
     counts, duplicates, data_id = _validate_rows(tokenized, cfg, out)
     counts["data/tokenize_cache_hit"] = cache_hit
-    kept = tokenized.filter(expr=(col("drop_reason") == "") & ~col("source").is_in(sorted(duplicates)))
+    keep = col("drop_reason") == ""
+    if duplicates:  # is_in([]) has no element type for Arrow to compare strings with
+        keep = keep & ~col("source").is_in(sorted(duplicates))
+    kept = tokenized.filter(expr=keep)
     return kept.select_columns(CACHE_COLUMNS).materialize(), counts, data_id
 
 
