@@ -102,6 +102,7 @@ class LiveTracking(UserCallback):
             return
         step, values = int(row["step"]), numeric(row)
         tmp = self.progress_path.with_name(PROGRESS_FILE + ".tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps({"step": step}))
         os.replace(tmp, self.progress_path)  # a reader never sees half a file
         if self.tensorboard_dir:

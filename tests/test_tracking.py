@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dpo_ray.config import load_config
-from dpo_ray.tracking import LiveTracking, finish_mlflow, start_mlflow
+from dpo_ray.tracking import LiveTracking, finish_mlflow, read_progress, start_mlflow
 
 
 def read_scalars(log_dir: Path) -> dict[tuple[str, int], float]:
@@ -35,6 +35,7 @@ def test_tensorboard_scalars_are_on_disk_at_each_report(tmp_path: Path) -> None:
     assert read_scalars(tmp_path / "tensorboard") == {("train/loss", 1): pytest.approx(0.69)}
     tracker.after_report(None, [{"step": 2.0, "train/loss": 0.5, "eval/loss": 0.6}], None)
     assert read_scalars(tmp_path / "tensorboard")[("eval/loss", 2)] == pytest.approx(0.6)
+    assert read_progress(tmp_path) == 2  # what an interrupted run names as the step reached
     tracker.after_report(None, [{"stop_reason": "max_steps", "train/steps": 2.0}], None)  # the final report closes it
     assert tracker._writer is None and len(read_scalars(tmp_path / "tensorboard")) == 3
 
