@@ -84,21 +84,23 @@ def find_checkpoint(path: str) -> str:
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
-    """The newest checkpoint Ray Train registered under ``<output_dir>/ray``, or None.
+    """The newest training checkpoint (one with run_state.json) Ray Train registered under
+    ``<output_dir>/ray``, or None.
 
-    Each run folder's checkpoint_manager_snapshot.json (Ray Train 2.60's record, written when the
-    controller registers a checkpoint) names its latest one: a checkpoint folder written when the run
-    was stopped, before Ray registered it, may miss a rank's files and is not used. A run folder
-    without that record counts its newest checkpoint folder."""
+    Each run folder's checkpoint_manager_snapshot.json (Ray Train 2.60's record, rewritten when the
+    controller registers a checkpoint) lists the ones it kept: a checkpoint folder written when the
+    run was stopped, before Ray registered it, may miss a rank's files and is not used. A finished
+    run's last checkpoint holds the model, not the training state: the one before it is taken. A run
+    folder without that record counts each of its checkpoint folders."""
     candidates = []
     for run_dir in (p for p in output_dir.glob("ray/*") if p.is_dir()):
         snapshot = run_dir / "checkpoint_manager_snapshot.json"
         if snapshot.is_file():
             try:
-                latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result") or {}
+                kept = json.loads(snapshot.read_text()).get("checkpoint_results") or []
             except json.JSONDecodeError:  # cut short when the run was killed: nothing registered to trust
-                latest = {}
-            names = [latest["checkpoint_dir_name"]] if "checkpoint_dir_name" in latest else []
+                kept = []
+            names = [r["checkpoint_dir_name"] for r in kept if "checkpoint_dir_name" in r]
         else:
             names = [p.name for p in run_dir.glob("checkpoint_*")]
         candidates += [run_dir / n / "run_state.json" for n in names if (run_dir / n / "run_state.json").is_file()]
