@@ -36,8 +36,8 @@ from dpo_ray.plots import plot_curves, write_tensorboard
 from dpo_ray.preflight import find_checkpoint, latest_checkpoint, preflight
 from dpo_ray.ref_cache import CacheStore, DataId, cache_key, model_identity, versions
 from dpo_ray.reference import ReferenceScorer
-from dpo_ray.row_tasks import add_order_key, column_sums, mixture_copies, rows_with_prefix, summarize, valid_id_prefixes
 from dpo_ray.resources import resolve_auto
+from dpo_ray.row_tasks import add_order_key, column_sums, mixture_copies, rows_with_prefix, summarize, valid_id_prefixes
 from dpo_ray.screen import follow
 from dpo_ray.stopping import RunInterrupted, TrainingError, interrupted_message, total_steps
 from dpo_ray.tokenization import TOKENIZE_VERSION
@@ -80,11 +80,11 @@ def _run(cfg: Config, out: Path, resume_path: str | None, fault_injection: dict[
          callbacks: Callable[[dict[str, Any]], list[Any]] | None, prepared: Prepared | None) -> dict[str, Any]:
     started_at = time.time()
     log_dir = _start_ray()
+    cfg, auto_notes = resolve_auto(cfg, [node["Resources"] for node in ray.nodes() if node["Alive"]])
     started = time.perf_counter()
     timing = {"perf/started_time": started_at, "perf/ray_start_seconds": time.time() - started_at,
               **({"auto": "; ".join(auto_notes)} if auto_notes else {})}
     timing["ray/log_dir"] = log_dir  # the summary names it: Ray's own logs stay there
-    cfg, auto_notes = resolve_auto(cfg, [node["Resources"] for node in ray.nodes() if node["Alive"]])
     if prepared is None:
         prepared = prepare_datasets(cfg, out)
         timing["perf/prepare_seconds"] = time.perf_counter() - started  # data and reference stages
