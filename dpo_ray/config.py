@@ -359,11 +359,11 @@ class TrainConfig:
             "eval_every": self.eval_every,
             "logging_steps": self.logging_steps, "length_group_window": self.length_group_window,
         }
+        if self.cpus_per_worker != "auto":
+            positive["cpus_per_worker"] = self.cpus_per_worker
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"train.{name}={value}: must be >= 1")
-        if self.cpus_per_worker != "auto":
-            positive["cpus_per_worker"] = self.cpus_per_worker
         if self.epochs is not None and self.epochs <= 0:
             raise ConfigError(f"train.epochs={self.epochs}: must be > 0")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
@@ -391,9 +391,6 @@ class TrainConfig:
                 f"train.num_workers = {per_step}; pick a batch size that divides evenly"
             )
 
-    def gradient_accumulation_steps(self) -> int:
-        return self.batch_size // (self.micro_batch_size * self.num_workers)
-
     def resolved_zero_stage(self) -> int:
         """zero_stage, with auto resolved: 3 for offload_params; for one rank 0 (nothing to partition),
         or 1 where skipping a non-finite step or offloading the optimizer needs ZeRO; else 2."""
@@ -404,6 +401,9 @@ class TrainConfig:
         if self.num_workers == 1:
             return 1 if self.nonfinite == "skip" or self.offload_optimizer else 0
         return 2
+
+    def gradient_accumulation_steps(self) -> int:
+        return self.batch_size // (self.micro_batch_size * self.num_workers)
 
     def warmup_steps(self, total_steps: int) -> int:
         return int(round(self.warmup_ratio * total_steps))
