@@ -488,8 +488,8 @@ def _duplicate_sources(flags: ray.data.Dataset) -> frozenset[str]:
     return frozenset(s for sources in by_id.values() for s in sorted(sources, key=source_order)[1:])
 
 
-def _write_outputs(cfg: Config, out: Path, result: Any, run_stats: dict[str, float]) -> dict[str, Any]:
-    """model/ (moved in last, atomically), metrics.json, metrics_history.jsonl, config.yaml."""
+def _write_outputs(cfg: Config, out: Path, result: Any, run_stats: dict[str, Any]) -> dict[str, Any]:
+    """model/ (moved in last, atomically), metrics.json, metrics_history.jsonl (config.yaml is written before training)."""
     out.mkdir(parents=True, exist_ok=True)
     with result.checkpoint.as_directory() as ckpt:
         history = json.loads(Path(ckpt, "history.json").read_text())
@@ -511,7 +511,6 @@ def _write_outputs(cfg: Config, out: Path, result: Any, run_stats: dict[str, flo
     shutil.rmtree(out / "tensorboard", ignore_errors=True)  # the live events; rewritten whole, each step once
     if "tensorboard" in cfg.train.report_to:
         write_tensorboard(history, out / "tensorboard")
-    _atomic_write(out / "config.yaml", cfg.to_yaml())
     _atomic_write(out / "metrics.json", json.dumps(summary, indent=2, sort_keys=True))
     previous = out / ".model.previous"
     if (out / "model").exists():

@@ -20,9 +20,9 @@ def auto_cpus_per_worker(train: TrainConfig, nodes: list[dict[str, float]]) -> t
 
     On CPU: the CPUs are shared among the workers (2 workers on one 2-CPU node get 1 each; 1 worker
     gets both), found as the largest c whose bundles of c CPUs still place every worker (each node
-    holds floor(CPUs / c) of them; STRICT_SPREAD needs a node per worker). On GPU: the fewest CPUs per
-    GPU on any GPU node, capped at GPU_DATA_CPUS_CAP. 1 when no node has the resource yet (an
-    autoscaling cluster that starts at zero).
+    holds floor(CPUs / c) of them; STRICT_SPREAD needs a node per worker, STRICT_PACK one node
+    for all). On GPU: the fewest CPUs per GPU on any GPU node, capped at GPU_DATA_CPUS_CAP. 1 when
+    no node has the resource yet (an autoscaling cluster that starts at zero).
     """
     workers = train.num_workers
     if train.use_gpu:
@@ -39,6 +39,8 @@ def auto_cpus_per_worker(train: TrainConfig, nodes: list[dict[str, float]]) -> t
     def fits(c: int) -> bool:
         if train.placement_strategy == "STRICT_SPREAD":
             return sum(n >= c for n in counts) >= workers
+        if train.placement_strategy == "STRICT_PACK":  # every worker on one node
+            return counts[0] // c >= workers
         return sum(n // c for n in counts) >= workers
 
     cpus = next((c for c in range(total // workers, 0, -1) if fits(c)), 1)
@@ -58,4 +60,3 @@ def resolve_auto(cfg: Config, nodes: list[dict[str, float]]) -> tuple[Config, li
         ranks = f"{t.num_workers} rank{'s' if t.num_workers > 1 else ''}"
         notes.append(f"train.zero_stage={zero} ({ranks}{'' if zero or t.num_workers > 1 else ': ZeRO would partition nothing'})")
     return dataclasses.replace(cfg, train=dataclasses.replace(t, cpus_per_worker=cpus, zero_stage=zero)), notes
-

@@ -11,8 +11,8 @@ sweep.json; Tune's own state under tune/ (what --resume restores) and each trial
 
 from __future__ import annotations
 
-import dataclasses
 import csv
+import dataclasses
 import json
 import logging
 import math

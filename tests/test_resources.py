@@ -27,6 +27,7 @@ def train(*overrides: str):
     (2, [0, 8, 8], "PACK", 8),      # a head with CPU: 0 runs nothing
     (2, [16, 4], "STRICT_SPREAD", 4),  # one worker a node: the smaller node bounds it
     (2, [16, 4], "PACK", 8),
+    (2, [8, 8], "STRICT_PACK", 4),  # both on one node: 8 CPUs each would never place
 ])
 def test_cpus_are_shared_among_the_workers_placed(workers: int, nodes: list[int], strategy: str, expected: int) -> None:
     t = train(f"train.num_workers={workers}", f"train.batch_size={8 * workers}", f"train.placement_strategy={strategy}")
