@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
 from dpo_ray.config import load_config
@@ -65,4 +63,3 @@ def test_resolve_auto_writes_numbers_and_says_what_it_chose() -> None:
                               if k in ("cpus_per_worker", "zero_stage")]).train.zero_stage == 0  # the YAML round-trips
     kept, notes = resolve_auto(load_config(None, ["train.cpus_per_worker=1", "train.zero_stage=2"]), [{"CPU": 8.0}])
     assert (kept.train.cpus_per_worker, kept.train.zero_stage, notes) == (1, 2, [])
-    assert "ray" not in sys.modules
