@@ -64,7 +64,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     import ray.data
 
     from dpo_ray.config import load_config, resolve_paths
-    from dpo_ray.pipeline import _validate_rows, tokenized_rows
+    from dpo_ray.run import _validate_rows, tokenized_rows
 
     sampler = PeakRss()
     sampler.start()

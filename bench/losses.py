@@ -18,7 +18,7 @@ from common import REPO, write_result
 sys.path.insert(0, str(REPO))
 
 from dpo_ray.config import LABEL_SMOOTHING_LOSSES, LOSS_TYPES, load_config  # noqa: E402
-from dpo_ray.pipeline import run  # noqa: E402
+from dpo_ray.run import run  # noqa: E402
 
 # Per-loss settings where the paper's defaults differ from DPO's beta = 0.1.
 EXTRA = {

@@ -37,7 +37,7 @@ from common import REPO, RESULTS, scratch_dir, write_result
 sys.path.insert(0, str(REPO))
 
 from dpo_ray.config import load_config  # noqa: E402
-from dpo_ray.pipeline import run  # noqa: E402
+from dpo_ray.run import run  # noqa: E402
 
 METRICS = ("eval/rewards/accuracies", "eval/rewards/margins", "eval/loss")
 LOSSES = {"sigmoid": [], "ipo": []}  # loss -> extra dpo_ray overrides (none: both use beta 0.1)

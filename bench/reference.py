@@ -20,11 +20,11 @@ from common import REPO, write_result
 
 sys.path.insert(0, str(REPO))
 
-from dpo_ray.collate import collate_pairs  # noqa: E402
+from dpo_ray.train.collate import collate_pairs  # noqa: E402
 from dpo_ray.config import load_config  # noqa: E402
-from dpo_ray.logprobs import sorted_sequence_stats  # noqa: E402
+from dpo_ray.train.logprobs import sorted_sequence_stats  # noqa: E402
 from dpo_ray.modeling import load_model, load_tokenizer  # noqa: E402
-from dpo_ray.pipeline import prepare_pairs, reference_stage, score_reference  # noqa: E402
+from dpo_ray.run import prepare_pairs, reference_stage, score_reference  # noqa: E402
 from dpo_ray.toy import build_tiny_model, make_preference_rows  # noqa: E402
 
 BATCH = 256  # pairs per scoring call (the reference.batch_size default)

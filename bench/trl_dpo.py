@@ -3,7 +3,7 @@
 python bench/trl_dpo.py --beta 0.1 --learning-rate 1e-3 --max-steps 60 --out run.json   (needs `pip install -e .[bench]`)
 
 The same pairs as dpo_ray trains on: exact duplicates dropped and the eval split taken by the prompt
-hash (dpo_ray.data.is_eval_prompt), so both hold out the very same pairs. The model is loaded with
+hash (dpo_ray.data.parse.is_eval_prompt), so both hold out the very same pairs. The model is loaded with
 from_pretrained; TRL keeps a frozen copy as the reference and scores it on every batch (its default,
 precompute_ref_log_probs=False), unless --precompute-ref.
 
@@ -26,9 +26,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from dpo_ray.data import is_eval_prompt, row_id  # noqa: E402  (pure ring: no Ray import)
+from dpo_ray.data.parse import is_eval_prompt, row_id  # noqa: E402  (pure ring: no Ray import)
 
-WARMUP_STEPS = 2  # as dpo_ray.train_loop.WARMUP_STEPS (not imported: that module imports Ray and DeepSpeed)
+WARMUP_STEPS = 2  # as dpo_ray.train.loop.WARMUP_STEPS (not imported: that module imports Ray and DeepSpeed)
 
 
 class StepClock:

@@ -489,7 +489,7 @@ def is_remote(path: str) -> bool:
 
 def resolve_paths(config: Config) -> Config:
     """Make local paths absolute so workers with another cwd find them; hub ids stay as given."""
-    from dpo_ray.data import looks_like_hub_id  # data imports pyarrow; config stays light to import
+    from dpo_ray.data.parse import looks_like_hub_id  # data imports pyarrow; config stays light to import
 
     def local(path: str) -> str:
         if not is_remote(path) and (os.path.exists(path) or not looks_like_hub_id(path)):

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from dpo_ray.config import Config, ConfigError, load_config
 from dpo_ray.config_help import format_help, sections
-from dpo_ray.data import DataError
+from dpo_ray.data.parse import DataError
 from dpo_ray.preflight import preflight
 from dpo_ray.screen import VERBOSE_HELP, set_verbose
-from dpo_ray.stopping import RunInterrupted, TrainingError
+from dpo_ray.train.stopping import RunInterrupted, TrainingError
 from dpo_ray.summary import format_summary
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "quickstart.yaml"
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         preflight(cfg)  # model, data and output paths, in a second: before Ray and torch load
-        from dpo_ray.pipeline import run  # Ray and torch load only for a valid config
+        from dpo_ray.run import run  # Ray and torch load only for a valid config
 
         summary = run(cfg)
     except (ConfigError, DataError, TrainingError) as err:

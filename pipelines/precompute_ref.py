@@ -12,7 +12,7 @@ from pathlib import Path
 
 from dpo_ray.config import Config, ConfigError, load_config
 from dpo_ray.config_help import format_help, sections
-from dpo_ray.data import DataError
+from dpo_ray.data.parse import DataError
 from dpo_ray.preflight import preflight
 from dpo_ray.screen import VERBOSE_HELP, set_verbose
 
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         if not cfg.reference.cache_dir:
             raise ConfigError("reference.cache_dir is off: a precomputed reference would be thrown away")
         preflight(cfg, writes_model=False)  # the same checks as pipelines/dpo.py, before Ray and torch load
-        from dpo_ray.pipeline import precompute_reference
+        from dpo_ray.run import precompute_reference
 
         stats = precompute_reference(cfg)
     except (ConfigError, DataError) as err:

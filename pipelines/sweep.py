@@ -13,11 +13,11 @@ from pathlib import Path
 
 from dpo_ray.config import Config, ConfigError
 from dpo_ray.config_help import format_help, sections
-from dpo_ray.data import DataError
+from dpo_ray.data.parse import DataError
 from dpo_ray.preflight import preflight_sweep
 from dpo_ray.screen import VERBOSE_HELP, set_verbose
-from dpo_ray.stopping import TrainingError
-from dpo_ray.sweep_config import TuneSettings, load_sweep
+from dpo_ray.train.stopping import TrainingError
+from dpo_ray.tune.settings import TuneSettings, load_sweep
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "sweep.yaml"
 
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume:
             if args.config or args.overrides:
                 raise ConfigError("--resume takes the sweep's saved config; drop --config and the overrides")
-            from dpo_ray.sweep import STATE_FILE
+            from dpo_ray.tune.driver import STATE_FILE
 
             state = Path(args.resume) / STATE_FILE
             if not state.is_file():
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             base, settings = load_sweep(args.config or str(DEFAULT_CONFIG), args.overrides)
         preflight_sweep(base, settings)  # the same checks as pipelines/dpo.py, before Ray and torch load
-        from dpo_ray.sweep import SweepInterrupted, run_sweep  # Ray loads only for a valid config
+        from dpo_ray.tune.driver import SweepInterrupted, run_sweep  # Ray loads only for a valid config
 
         summary = run_sweep(base, settings, resume=bool(args.resume))
     except (ConfigError, DataError, TrainingError) as err:

@@ -30,8 +30,8 @@ import pytest
 from _cluster import ray_env
 from conftest import REPO, small_overrides
 from dpo_ray.preflight import latest_checkpoint
-from dpo_ray.ref_cache import CacheStore
-from dpo_ray.stopping import interrupted_message
+from dpo_ray.store import CacheStore
+from dpo_ray.train.stopping import interrupted_message
 
 SCRIPTS = {name: str(REPO / "pipelines" / f"{name}.py") for name in ("dpo", "precompute_ref", "sweep")}
 E = "dpo_ray: error: "

@@ -4,8 +4,8 @@ import math
 
 import torch
 
-from dpo_ray.collate import collate_pairs, count_tokens
-from dpo_ray.logprobs import forward_sequence_stats, sequence_logps, split_pairs
+from dpo_ray.train.collate import collate_pairs, count_tokens
+from dpo_ray.train.logprobs import forward_sequence_stats, sequence_logps, split_pairs
 from dpo_ray.modeling import load_model
 
 
@@ -70,7 +70,7 @@ def test_chunked_logps_match_the_plain_path_with_gradients(tiny_model_dir: str) 
 
 
 def test_length_sorted_scoring_matches_one_forward_with_less_padding(tiny_model_dir: str) -> None:
-    from dpo_ray.logprobs import sorted_sequence_stats
+    from dpo_ray.train.logprobs import sorted_sequence_stats
 
     model = load_model(tiny_model_dir).eval()
     prompts = [[1, 20, 21], [1, 40, 41, 42, 43, 44], [1, 9], [1, 60, 61, 62]]

@@ -11,7 +11,7 @@ CONFIGS = sorted((Path(__file__).resolve().parent.parent / "pipelines" / "config
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_yaml_loads(path: Path) -> None:
-    from dpo_ray.sweep_config import load_sweep
+    from dpo_ray.tune.settings import load_sweep
 
     cfg = load_sweep(str(path), [])[0] if "tune" in path.read_text() else load_config(path)
     assert isinstance(cfg, Config)

@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO
 from dpo_ray.config import Config
 from dpo_ray.config_help import field_docs, format_help, one_line, sections, show, type_name
-from dpo_ray.sweep_config import TuneSettings
+from dpo_ray.tune.settings import TuneSettings
 
 
 def _groups(cls: type, prefix: str) -> list[tuple[str, type]]:

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from dpo_ray.data import (
+from dpo_ray.data.parse import (
     ROW_FIELDS, DataError, TokenizeRows, expand_paths, is_eval_prompt, is_saved_dataset, load_hf_table,
     normalize_table, parse_file, row_id, tokenize_pair, tokenizer_adds_bos,
 )
@@ -218,7 +218,7 @@ def test_tokenize_rows_marks_too_long_and_passes_drops(tiny_model_dir: str) -> N
 
 
 def test_source_kind(tmp_path: Path) -> None:
-    from dpo_ray.data import source_kind
+    from dpo_ray.data.parse import source_kind
 
     assert source_kind("Anthropic/hh-rlhf") == "hub"
     assert source_kind("trl-lib/ultrafeedback_binarized") == "hub"
@@ -242,7 +242,7 @@ def test_block_summaries_merge_to_the_whole_report() -> None:
 
     import pandas as pd
 
-    from dpo_ray.data_report import build_data_report, hash_sum, merge_summaries, source_order, summarize_block
+    from dpo_ray.data.report import build_data_report, hash_sum, merge_summaries, source_order, summarize_block
 
     rng = np.random.default_rng(3)
     n = 300
@@ -275,7 +275,7 @@ def test_block_summaries_merge_to_the_whole_report() -> None:
 
 
 def test_sources_sort_by_file_then_line_number() -> None:
-    from dpo_ray.data_report import source_order
+    from dpo_ray.data.report import source_order
 
     sources = ["b.jsonl:2", "a.jsonl:405", "a.jsonl:5", "a.parquet:row 10", "a.parquet:row 9", "x"]
     assert sorted(sources, key=source_order) == ["a.jsonl:5", "a.jsonl:405", "a.parquet:row 9", "a.parquet:row 10", "b.jsonl:2", "x"]

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from dpo_ray.config import load_config
-from dpo_ray.ds_config import build_ds_config
+from dpo_ray.train.ds_config import build_ds_config
 
 
 def test_batch_arithmetic_and_stages() -> None:

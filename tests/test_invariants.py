@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from dpo_ray.collate import collate_pairs
-from dpo_ray.data import ROW_FIELDS, TokenizeRows
-from dpo_ray.logprobs import forward_sequence_stats, split_pairs
-from dpo_ray.losses import preference_loss
+from dpo_ray.train.collate import collate_pairs
+from dpo_ray.data.parse import ROW_FIELDS, TokenizeRows
+from dpo_ray.train.logprobs import forward_sequence_stats, split_pairs
+from dpo_ray.train.losses import preference_loss
 from dpo_ray.modeling import load_model
-from dpo_ray.reference import ReferenceScorer
+from dpo_ray.reference.scorer import ReferenceScorer
 
 
 def tokenized(model_dir: str, rows: list[dict[str, str]], max_length: int = 40):
@@ -25,7 +25,7 @@ def tokenized(model_dir: str, rows: list[dict[str, str]], max_length: int = 40):
 def conversational(model_dir: str, max_length: int):
     from pathlib import Path
 
-    from dpo_ray.data import parse_file
+    from dpo_ray.data.parse import parse_file
 
     path = Path(__file__).resolve().parent / "fixtures" / "conversational.jsonl"
     rows = parse_file(str(path), path.read_bytes(), fmt="auto", columns={"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"})[:8]

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from dpo_ray.config import (
     F_DIVERGENCE_LOSSES, LABEL_SMOOTHING_LOSSES, LOSS_TYPES, NO_WPO_LOSSES, REFERENCE_FREE, ConfigError, load_config,
 )
-from dpo_ray.logprobs import SequenceStats, sequence_logps, split_pairs
-from dpo_ray.losses import ld_logps, preference_loss, wpo_weights
-from dpo_ray.metrics import finalize, metric_sums
+from dpo_ray.train.logprobs import SequenceStats, sequence_logps, split_pairs
+from dpo_ray.train.losses import ld_logps, preference_loss, wpo_weights
+from dpo_ray.train.metrics import finalize, metric_sums
 
 L3 = math.log(3.0)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from dpo_ray.logprobs import SequenceStats
-from dpo_ray.losses import preference_loss
-from dpo_ray.metrics import TIE_BAND, finalize, metric_sums, reward_wins
+from dpo_ray.train.logprobs import SequenceStats
+from dpo_ray.train.losses import preference_loss
+from dpo_ray.train.metrics import TIE_BAND, finalize, metric_sums, reward_wins
 
 
 def t(*values: float) -> torch.Tensor:

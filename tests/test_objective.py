@@ -10,8 +10,8 @@ import torch
 
 from dpo_ray.config import LABEL_SMOOTHING_LOSSES, LOSS_TYPES, load_config
 from dpo_ray.modeling import load_model
-from dpo_ray.objective import REF_COLUMNS, batch_objective
-from dpo_ray.reference import ReferenceScorer
+from dpo_ray.train.objective import REF_COLUMNS, batch_objective
+from dpo_ray.reference.scorer import ReferenceScorer
 from test_invariants import tokenized
 
 

@@ -15,8 +15,8 @@ from transformers import AutoModelForCausalLM
 
 from conftest import small_overrides
 from dpo_ray.config import load_config
-from dpo_ray.data import DataError
-from dpo_ray.pipeline import run
+from dpo_ray.data.parse import DataError
+from dpo_ray.run import run
 from dpo_ray.summary import format_summary
 
 pytestmark = pytest.mark.ray
@@ -102,7 +102,7 @@ SOURCES = {
 
 
 def test_every_source_kind_through_ray_data(tiny_model_dir: str) -> None:
-    from dpo_ray.pipeline import read_rows, tokenize
+    from dpo_ray.run import read_rows, tokenize
 
     def tokenized(path: str, extra: list[str]):
         cfg = load_config(None, [f"model.name_or_path={tiny_model_dir}", f"data.path={path}", "data.max_length=96", *extra])
@@ -132,7 +132,7 @@ def test_train_controller_polls_often_unless_the_user_set_it(tiny_model_dir: str
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """Ray Train takes one report a worker per controller poll (default every 2 s): a run that logs
     more often than that waits on it. build_trainer shortens the interval, and leaves a user's own."""
-    from dpo_ray.pipeline import POLL_ENV, POLL_SECONDS, build_trainer
+    from dpo_ray.run import POLL_ENV, POLL_SECONDS, build_trainer
 
     cfg = load_config(None, small_overrides(tiny_model_dir, pairs_jsonl, str(tmp_path / "run")))
     ds = ray.data.range(2)
@@ -147,12 +147,12 @@ def test_train_controller_polls_often_unless_the_user_set_it(tiny_model_dir: str
 def test_reference_free_run_skips_reference_reports_drops_and_duplicates_do_not_stop_it(
     tiny_model_dir: str, pair_rows: list[dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import dpo_ray.pipeline
+    import dpo_ray.run
 
     def no_reference(*args: object, **kwargs: object) -> None:
         raise AssertionError("the reference stage ran for a reference-free loss")
 
-    monkeypatch.setattr(dpo_ray.pipeline, "score_reference", no_reference)
+    monkeypatch.setattr(dpo_ray.run, "score_reference", no_reference)
     data = tmp_path / "pairs.jsonl"
     bad = [{"prompt": "p", "chosen": "c"}, pair_rows[0], {"prompt": "p", "chosen": "same", "rejected": "same"}]
     repeats = pair_rows[1:101]  # 101 duplicates in all: 20% of the rows, far above data.max_drop_fraction (0.05)
@@ -210,7 +210,7 @@ def test_stop_loss_ends_the_run_early(tiny_model_dir: str, pairs_jsonl: str, tmp
 
 
 def test_non_finite_loss_stops_without_a_model(tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path) -> None:
-    from dpo_ray.stopping import TrainingError
+    from dpo_ray.train.stopping import TrainingError
 
     out = tmp_path / "run"
     cfg = load_config(None, small_overrides(tiny_model_dir, pairs_jsonl, str(out), **{
@@ -313,7 +313,7 @@ def _split_sources(pairs_jsonl: str, tmp_path: Path) -> tuple[Path, Path]:
 
 def test_mixture_weights_and_per_source_eval(tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path) -> None:
     from dpo_ray.config import resolve_paths
-    from dpo_ray.pipeline import prepare_datasets
+    from dpo_ray.run import prepare_datasets
 
     big, small = _split_sources(pairs_jsonl, tmp_path)
     out = tmp_path / "run"
@@ -338,7 +338,7 @@ def test_mixture_weights_and_per_source_eval(tiny_model_dir: str, pairs_jsonl: s
 
 def test_explicit_eval_source(tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path) -> None:
     from dpo_ray.config import resolve_paths
-    from dpo_ray.pipeline import prepare_datasets
+    from dpo_ray.run import prepare_datasets
 
     big, small = _split_sources(pairs_jsonl, tmp_path)
     sources = f"[{{name: train, path: {big}}}, {{name: held, path: {small}, eval: true}}]"

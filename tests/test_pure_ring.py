@@ -7,9 +7,10 @@ import sys
 
 import pytest
 
-PURE = ["config", "data", "row_tasks", "collate", "logprobs", "losses", "metrics", "modeling", "ds_config", "toy", "summary", "reference", "sweep_config", "ref_cache", "plots", "preflight", "stopping"]
+PURE = ["config", "data.parse", "data.rows", "train.collate", "train.logprobs", "train.losses", "train.metrics", "modeling",
+        "train.ds_config", "toy", "summary", "reference.scorer", "tune.settings", "store", "plots", "preflight", "train.stopping"]
 PURE += ["config_help", "screen"]  # what --help and the progress lines need: no Ray
-PURE += ["tokenization", "formats", "data_report", "resources"]  # the row pipeline's pure halves and auto resources
+PURE += ["data.tokenize", "data.formats", "data.report", "train.resources"]  # the row pipeline's pure halves and auto resources
 
 
 @pytest.mark.parametrize("module", PURE)
@@ -20,9 +21,9 @@ def test_pure_module_does_not_import_ray(module: str) -> None:
 
 
 def test_orchestration_modules_import() -> None:
-    import dpo_ray.pipeline
-    import dpo_ray.sweep
-    import dpo_ray.train_loop
+    import dpo_ray.run
+    import dpo_ray.tune.driver
+    import dpo_ray.train.loop
 
-    assert callable(dpo_ray.train_loop.train_loop_per_worker)
-    assert callable(dpo_ray.pipeline.run) and callable(dpo_ray.sweep.run_sweep)
+    assert callable(dpo_ray.train.loop.train_loop_per_worker)
+    assert callable(dpo_ray.run.run) and callable(dpo_ray.tune.driver.run_sweep)

@@ -13,8 +13,8 @@ from safetensors.torch import load_file, save_file
 
 from conftest import small_overrides
 from dpo_ray.config import load_config
-from dpo_ray.pipeline import prepare_pairs, reference_key, reference_stage, score_reference
-from dpo_ray.ref_cache import CacheStore, DataId
+from dpo_ray.run import prepare_pairs, reference_key, reference_stage, score_reference
+from dpo_ray.store import CacheStore, DataId
 
 pytestmark = pytest.mark.ray
 REF = ["ref_chosen_logps", "ref_rejected_logps", "ref_chosen_prefix_logps", "ref_rejected_prefix_logps"]
@@ -42,7 +42,7 @@ def _by_row(ds) -> dict[str, np.ndarray]:
 
 
 def test_cache_miss_then_hit_without_scoring(tiny_model_dir, pairs_jsonl, tmp_path, monkeypatch) -> None:
-    import dpo_ray.pipeline
+    import dpo_ray.run
 
     cfg = load_config(None, small_overrides(tiny_model_dir, pairs_jsonl, str(tmp_path / "run")))
     pairs, data_id = _prepare(cfg, tmp_path / "run")
@@ -60,7 +60,7 @@ def test_cache_miss_then_hit_without_scoring(tiny_model_dir, pairs_jsonl, tmp_pa
     def no_scoring(*args, **kwargs):
         raise AssertionError("a warm cache must not score (or load the reference model)")
 
-    monkeypatch.setattr(dpo_ray.pipeline, "score_reference", no_scoring)
+    monkeypatch.setattr(dpo_ray.run, "score_reference", no_scoring)
     again, hit = reference_stage(cfg, pairs, data_id)
     assert hit["ref/cache_hit"] == 1.0 and hit["ref/key"] == stats["ref/key"]
     second = _by_row(again)
@@ -146,8 +146,8 @@ def test_scoring_survives_a_killed_actor(tiny_model_dir, pairs_jsonl, tmp_path) 
 
 
 def test_tokenized_cache_hit_and_every_input_changes_the_key(tiny_model_dir, pairs_jsonl, tmp_path, monkeypatch) -> None:
-    import dpo_ray.pipeline
-    from dpo_ray.pipeline import tokenized_key
+    import dpo_ray.run
+    from dpo_ray.run import tokenized_key
 
     data = tmp_path / "pairs.jsonl"
     shutil.copy(pairs_jsonl, data)
@@ -159,7 +159,7 @@ def test_tokenized_cache_hit_and_every_input_changes_the_key(tiny_model_dir, pai
         raise AssertionError("a warm tokenized cache must not tokenize")
 
     with monkeypatch.context() as m:
-        m.setattr(dpo_ray.pipeline, "tokenize", no_tokenizing)
+        m.setattr(dpo_ray.run, "tokenize", no_tokenizing)
         _, again, data_id_again = prepare_pairs(cfg, tmp_path / "run")
     assert again["data/tokenize_cache_hit"] == 1.0 and data_id_again == data_id
     assert {k: v for k, v in again.items() if k != "data/tokenize_cache_hit"} == {k: v for k, v in counts.items() if k != "data/tokenize_cache_hit"}

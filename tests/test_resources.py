@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from dpo_ray.config import load_config
-from dpo_ray.ds_config import build_ds_config
-from dpo_ray.resources import auto_cpus_per_worker, resolve_auto
+from dpo_ray.train.ds_config import build_ds_config
+from dpo_ray.train.resources import auto_cpus_per_worker, resolve_auto
 
 pytestmark = pytest.mark.unit
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import math
 
 from dpo_ray.config import load_config
-from dpo_ray.stopping import Stopper, total_steps
+from dpo_ray.train.stopping import Stopper, total_steps
 
 
 def test_total_steps_from_epochs_or_max_steps() -> None:

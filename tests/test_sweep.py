@@ -15,7 +15,7 @@ import yaml
 
 from conftest import REPO, small_overrides
 from dpo_ray.config import ConfigError, load_config
-from dpo_ray.sweep_config import load_sweep, sort_rows
+from dpo_ray.tune.settings import load_sweep, sort_rows
 
 SCRIPT = str(REPO / "pipelines" / "sweep.py")
 SPACE = {"loss.beta": {"loguniform": [0.01, 1.0]}, "train.learning_rate": {"loguniform": [1e-4, 3e-3]}}
@@ -63,7 +63,7 @@ def test_eval_loss_is_allowed_when_the_loss_is_not_searched(tmp_path: Path) -> N
 
 
 def test_sweep_refuses_an_object_store_output_dir(tmp_path: Path) -> None:
-    from dpo_ray.sweep import run_sweep
+    from dpo_ray.tune.driver import run_sweep
 
     base, settings = load_sweep(_sweep_file(tmp_path), ["output_dir=s3://bucket/sweep"])
     with pytest.raises(ConfigError, match="output_dir s3://bucket/sweep: a sweep keeps its trials"):

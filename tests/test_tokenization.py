@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from _chat_families import unpack_tokenizer
-from dpo_ray.data import ROW_FIELDS, TokenizeRows, parse_file
-from dpo_ray.data_report import build_data_report, summarize_block
-from dpo_ray.formats import RowDrop, normalize_record
-from dpo_ray.tokenization import PairTokenizer, adds_prefix_space, common_prefix_length
+from dpo_ray.data.parse import ROW_FIELDS, TokenizeRows, parse_file
+from dpo_ray.data.report import build_data_report, summarize_block
+from dpo_ray.data.formats import RowDrop, normalize_record
+from dpo_ray.data.tokenize import PairTokenizer, adds_prefix_space, common_prefix_length
 
 COLUMNS = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}
 
@@ -141,10 +141,10 @@ def test_a_chat_template_that_raises_drops_that_row(family_dirs: dict[str, str])
 
 def test_tokenization_version_and_mode_are_in_both_cache_keys(tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    import dpo_ray.pipeline
+    import dpo_ray.run
     from dpo_ray.config import load_config
-    from dpo_ray.pipeline import reference_key, tokenized_key
-    from dpo_ray.ref_cache import DataId
+    from dpo_ray.run import reference_key, tokenized_key
+    from dpo_ray.store import DataId
 
     def keys(*extra: str) -> tuple[str, str]:
         cfg = load_config(None, [f"model.name_or_path={tiny_model_dir}", f"data.path={pairs_jsonl}", *extra])
@@ -153,7 +153,7 @@ def test_tokenization_version_and_mode_are_in_both_cache_keys(tiny_model_dir: st
     base = keys()
     assert keys() == base
     jointly = keys("data.tokenize_jointly=true")
-    monkeypatch.setattr(dpo_ray.pipeline, "TOKENIZE_VERSION", dpo_ray.pipeline.TOKENIZE_VERSION + 1)
+    monkeypatch.setattr(dpo_ray.run, "TOKENIZE_VERSION", dpo_ray.run.TOKENIZE_VERSION + 1)
     bumped = keys()
     # Same ids (the same DataId) under a new tokenization version still miss: old entries are not served.
     assert all(a != b for a, b in zip(base, jointly)) and all(a != b for a, b in zip(base, bumped))

@@ -23,7 +23,7 @@ from typing import Any
 
 from jinja2 import TemplateError
 
-from dpo_ray.formats import RowDrop
+from dpo_ray.data.formats import RowDrop
 
 TOKENIZE_VERSION = 2
 """Bump when the ids made from the same rows and tokenizer change: the tokenized and reference cache

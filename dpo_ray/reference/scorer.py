@@ -10,8 +10,8 @@ import os
 import numpy as np
 import torch
 
-from dpo_ray.collate import collate_pairs
-from dpo_ray.logprobs import sorted_sequence_stats, split_pairs
+from dpo_ray.train.collate import collate_pairs
+from dpo_ray.train.logprobs import sorted_sequence_stats, split_pairs
 from dpo_ray.modeling import load_model, load_tokenizer, resolve_dtype
 
 

@@ -23,9 +23,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from dpo_ray.config import is_remote
-from dpo_ray.formats import RowDrop, normalize_record
-from dpo_ray.ref_cache import file_sha256
-from dpo_ray.tokenization import PairTokenizer, tokenize_pair, tokenizer_adds_bos  # noqa: F401 (re-exported)
+from dpo_ray.data.formats import RowDrop, normalize_record
+from dpo_ray.store import file_sha256
+from dpo_ray.data.tokenize import PairTokenizer, tokenize_pair, tokenizer_adds_bos  # noqa: F401 (re-exported)
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 ROW_FIELDS = ("prompt", "chosen", "rejected", "kind", "source", "drop_reason", "drop_detail", "error")

@@ -28,7 +28,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from dpo_ray.config import is_remote
-from dpo_ray.data_report import hash_sum
+from dpo_ray.data.report import hash_sum
 
 KEY_VERSION = 3  # 3: the data part is DataId (row count + sum of row hashes)
 """Bump when what the scorer computes or stores changes; old entries then miss (2: the mixture column)."""

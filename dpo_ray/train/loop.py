@@ -24,11 +24,11 @@ import torch.distributed as dist
 from transformers import get_scheduler
 
 from dpo_ray.config import Config, from_dict
-from dpo_ray.ds_config import build_ds_config
-from dpo_ray.metrics import SUM_FIELDS, finalize, metric_sums
+from dpo_ray.train.ds_config import build_ds_config
+from dpo_ray.train.metrics import SUM_FIELDS, finalize, metric_sums
 from dpo_ray.modeling import add_lora, load_model, load_tokenizer, resolve_dtype
-from dpo_ray.objective import batch_objective
-from dpo_ray.stopping import Stopper
+from dpo_ray.train.objective import batch_objective
+from dpo_ray.train.stopping import Stopper
 
 WARMUP_STEPS = 2  # steps left out of perf/steady_*: allocator and DeepSpeed warm-up, first buckets
 SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}

@@ -25,24 +25,24 @@ from ray.train.torch import TorchTrainer
 
 from dpo_ray.config import Config, is_remote, resolve_paths
 from dpo_ray.console import ProgressReports, progress_channel, start_ray
-from dpo_ray.data import (
+from dpo_ray.data.parse import (
     DataError, TokenizeRows, expand_paths, input_identity, is_saved_dataset, load_hf_table, normalize_table, parse_file, source_kind,
 )
-from dpo_ray.data_report import build_data_report, merge_summaries, source_order
-from dpo_ray.objective import REF_COLUMNS
+from dpo_ray.data.report import build_data_report, merge_summaries, source_order
+from dpo_ray.train.objective import REF_COLUMNS
 from dpo_ray.outputs import join, local_output
 from dpo_ray.modeling import resolve_dtype
 from dpo_ray.plots import plot_curves, write_tensorboard
 from dpo_ray.preflight import find_checkpoint, latest_checkpoint, preflight
-from dpo_ray.ref_cache import CacheStore, DataId, cache_key, model_identity, versions
-from dpo_ray.reference import ReferenceScorer
-from dpo_ray.resources import resolve_auto
-from dpo_ray.row_tasks import add_order_key, column_sums, mixture_copies, rows_with_prefix, summarize, valid_id_prefixes
+from dpo_ray.store import CacheStore, DataId, cache_key, model_identity, versions
+from dpo_ray.reference.scorer import ReferenceScorer
+from dpo_ray.train.resources import resolve_auto
+from dpo_ray.data.rows import add_order_key, column_sums, mixture_copies, rows_with_prefix, summarize, valid_id_prefixes
 from dpo_ray.screen import follow
-from dpo_ray.stopping import RunInterrupted, TrainingError, interrupted_message, total_steps
-from dpo_ray.tokenization import TOKENIZE_VERSION
+from dpo_ray.train.stopping import RunInterrupted, TrainingError, interrupted_message, total_steps
+from dpo_ray.data.tokenize import TOKENIZE_VERSION
 from dpo_ray.tracking import LiveTracking, finish_mlflow, read_progress, start_mlflow
-from dpo_ray.train_loop import train_loop_per_worker
+from dpo_ray.train.loop import train_loop_per_worker
 
 TOKEN_COLUMNS = ["row_id", "prompt_ids", "chosen_ids", "rejected_ids", "mixture"]
 # How often Ray Train's controller polls each worker; it takes one report a poll, and a worker's

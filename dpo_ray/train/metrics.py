@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from dpo_ray.logprobs import SequenceStats, split_pairs
-from dpo_ray.losses import PreferenceLoss
+from dpo_ray.train.logprobs import SequenceStats, split_pairs
+from dpo_ray.train.losses import PreferenceLoss
 
 SUM_FIELDS = (
     "pairs", "loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",

@@ -2,7 +2,7 @@
 mixture copies, the seeded order.
 
 Pure ring, and light on purpose: a Ray worker unpickles these functions by importing this module
-(numpy, pandas, hashlib) instead of dpo_ray.pipeline, whose imports (torch, transformers, Ray Train)
+(numpy, pandas, hashlib) instead of dpo_ray.run, whose imports (torch, transformers, Ray Train)
 cost a fresh worker process about 6 s of CPU (measured: 84 s quickstart-size run, 25.7 s data stage).
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from dpo_ray.data_report import summarize_block
+from dpo_ray.data.report import summarize_block
 
 
 def seeded_hash(seed: str, key: str) -> int:

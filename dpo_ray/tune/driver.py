@@ -27,10 +27,10 @@ from ray import tune
 from ray.train.v2.api.callback import UserCallback
 
 from dpo_ray.config import Config, ConfigError, is_remote, resolve_paths
-from dpo_ray.pipeline import Prepared, _atomic_write, _start_ray, precompute_reference, prepare_datasets, run
+from dpo_ray.run import Prepared, _atomic_write, _start_ray, precompute_reference, prepare_datasets, run
 from dpo_ray.plots import plot_sweep
 from dpo_ray.preflight import preflight_sweep
-from dpo_ray.sweep_config import TuneSettings, apply_params, sort_rows
+from dpo_ray.tune.settings import TuneSettings, apply_params, sort_rows
 from dpo_ray.tracking import is_number
 
 STATE_FILE = "sweep_config.yaml"

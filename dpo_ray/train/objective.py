@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dpo_ray.collate import collate_pairs, count_tokens
+from dpo_ray.train.collate import collate_pairs, count_tokens
 from dpo_ray.config import LossConfig
-from dpo_ray.logprobs import SequenceStats, forward_sequence_stats, split_pairs
-from dpo_ray.losses import PreferenceLoss, ld_logps, preference_loss, wpo_weights
+from dpo_ray.train.logprobs import SequenceStats, forward_sequence_stats, split_pairs
+from dpo_ray.train.losses import PreferenceLoss, ld_logps, preference_loss, wpo_weights
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps", "ref_chosen_prefix_logps", "ref_rejected_prefix_logps")
 
