@@ -17,6 +17,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from dpo_ray.paths import is_remote, looks_like_hub_id
+
 
 class ConfigError(ValueError):
     """A config key is unknown, has the wrong type, or holds a value that cannot work."""
@@ -482,15 +484,8 @@ def yaml_problem(err: yaml.YAMLError) -> str:
     return str(err).splitlines()[0]
 
 
-def is_remote(path: str) -> bool:
-    """A URI (s3://, gs://, file://, hf://...) rather than a local path."""
-    return "://" in path
-
-
 def resolve_paths(config: Config) -> Config:
     """Make local paths absolute so workers with another cwd find them; hub ids stay as given."""
-    from dpo_ray.data.parse import looks_like_hub_id  # data imports pyarrow; config stays light to import
-
     def local(path: str) -> str:
         if not is_remote(path) and (os.path.exists(path) or not looks_like_hub_id(path)):
             return os.path.abspath(path)

@@ -16,13 +16,10 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from dpo_ray.config import ConfigError, is_remote
+from dpo_ray.config import ConfigError
+from dpo_ray.paths import is_remote
 
 FINISHED_MARK = "metrics.json"
-
-
-def join(output_dir: str, name: str) -> str:
-    return f"{output_dir.rstrip('/')}/{name}" if is_remote(output_dir) else str(Path(output_dir) / name)
 
 
 @contextmanager

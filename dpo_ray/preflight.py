@@ -22,9 +22,10 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from dpo_ray.config import Config, ConfigError, is_remote
-from dpo_ray.data.parse import DataError, expand_paths, looks_like_hub_id, source_kind
+from dpo_ray.config import Config, ConfigError
+from dpo_ray.data.parse import DataError, expand_paths, source_kind
 from dpo_ray.outputs import refuse_finished_run
+from dpo_ray.paths import is_remote, looks_like_hub_id
 from dpo_ray.tune.settings import TuneSettings, apply_params, domain_values
 
 VOCAB_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model")

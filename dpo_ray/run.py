@@ -23,14 +23,16 @@ from ray.data.expressions import col
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from dpo_ray.config import Config, is_remote, resolve_paths
+from dpo_ray import faults
+from dpo_ray.config import Config, resolve_paths
 from dpo_ray.console import ProgressReports, progress_channel, start_ray
 from dpo_ray.data.parse import (
     DataError, TokenizeRows, expand_paths, input_identity, is_saved_dataset, load_hf_table, normalize_table, parse_file, source_kind,
 )
 from dpo_ray.data.report import build_data_report, merge_summaries, source_order
 from dpo_ray.train.objective import REF_COLUMNS
-from dpo_ray.outputs import join, local_output
+from dpo_ray.outputs import local_output
+from dpo_ray.paths import atomic_write, is_remote, join
 from dpo_ray.modeling import resolve_dtype
 from dpo_ray.plots import plot_curves, write_tensorboard
 from dpo_ray.preflight import find_checkpoint, latest_checkpoint, preflight
@@ -55,7 +57,6 @@ CACHE_COLUMNS = ["row_id", "row_hash", "split_key", "seq_len", "prompt_ids", "ch
 
 def run(
     config: Config,
-    fault_injection: dict[str, Any] | None = None,
     *,
     run_name: str | None = None,
     callbacks: Callable[[dict[str, Any]], list[Any]] | None = None,
@@ -63,8 +64,7 @@ def run(
 ) -> dict[str, Any]:
     """Run the whole job; returns the summary that is also written to metrics.json.
 
-    ``fault_injection`` ({"crash_at_step": N, "crash_marker": path}) is the fault test's hook: the
-    last worker dies once at step N. A sweep trial passes a stable Train ``run_name``,
+    A sweep trial passes a stable Train ``run_name``,
     ``callbacks(stage_stats)`` -> Ray Train callbacks (its report to Tune), and, when the trials
     share one data and reference stage, the ``prepared`` datasets.
     """
@@ -73,10 +73,10 @@ def run(
         preflight(cfg)  # before Ray starts: one line for a missing model, data file, ...
     resume_path = find_checkpoint(cfg.train.resume_from) if cfg.train.resume_from else None
     with local_output(cfg.output_dir, cfg.overwrite_output_dir) as out:  # a staging folder for a URI
-        return _run(cfg, out, resume_path, fault_injection, run_name, callbacks, prepared)
+        return _run(cfg, out, resume_path, run_name, callbacks, prepared)
 
 
-def _run(cfg: Config, out: Path, resume_path: str | None, fault_injection: dict[str, Any] | None, run_name: str | None,
+def _run(cfg: Config, out: Path, resume_path: str | None, run_name: str | None,
          callbacks: Callable[[dict[str, Any]], list[Any]] | None, prepared: Prepared | None) -> dict[str, Any]:
     started_at = time.time()
     log_dir = _start_ray()
@@ -98,7 +98,7 @@ def _run(cfg: Config, out: Path, resume_path: str | None, fault_injection: dict[
         "total_steps": total_steps(cfg.train, train_pairs),
         "steps_per_epoch": train_pairs // cfg.train.batch_size,
         "resume_path": resume_path,
-        **(fault_injection or {}),
+        "faults": faults.from_env(),  # the test switch; {} in a user's run
     }
     mlflow_run = start_mlflow(cfg, run_name or cfg.output_dir.rstrip("/").rsplit("/", 1)[-1])
     live = LiveTracking(str(out), "tensorboard" in cfg.train.report_to, mlflow_run)
@@ -106,7 +106,7 @@ def _run(cfg: Config, out: Path, resume_path: str | None, fault_injection: dict[
     trainer = build_trainer(cfg, prepared.train, prepared.eval, loop_extra, run_name=run_name,
                             callbacks=[live, progress, *(callbacks(prepared.stats) if callbacks else [])])
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "config.yaml", cfg.to_yaml())  # now, so that an interrupted run can resume from it
+    atomic_write(out / "config.yaml", cfg.to_yaml())  # now, so that an interrupted run can resume from it
     try:
         with follow(progress.channel, sys.stderr, live=sys.stderr.isatty()):  # the driver prints the progress
             result = _fit(trainer, cfg, out, loop_extra["total_steps"])
@@ -357,13 +357,12 @@ def reference_stage(cfg: Config, pairs: ray.data.Dataset, data_id: DataId) -> tu
                     "ref/pad_fraction": pad_fraction, "ref/key": key}
 
 
-def score_reference(cfg: Config, pairs: ray.data.Dataset, crash_marker: str | None = None, crash_at_call: int = 0) -> ray.data.Dataset:
+def score_reference(cfg: Config, pairs: ray.data.Dataset) -> ray.data.Dataset:
     """Add the reference columns with an autoscaling actor pool of ReferenceScorer.
 
     Length bucketing happens inside each call: its 2 x reference.batch_size rows are sorted by length
     and scored reference.rows_per_forward at a time. No global sort: it was a barrier before the
     first forward (a shuffle of every token id) and cost more than the padding it saved.
-    ``crash_*`` is the fault test's hook (see ReferenceScorer).
     """
     ref = cfg.reference
     blocks = max(4 * ref.max_actors, 8)  # a single block would run on one actor only
@@ -373,7 +372,7 @@ def score_reference(cfg: Config, pairs: ray.data.Dataset, crash_marker: str | No
             "name_or_path": cfg.model.name_or_path, "revision": cfg.model.revision,
             "dtype": ref.dtype, "use_gpu": ref.num_gpus_per_actor > 0, "trust_remote_code": cfg.model.trust_remote_code,
             "rows_per_forward": ref.rows_per_forward, "length_bucketing": ref.length_bucketing,
-            "crash_marker": crash_marker, "crash_at_call": crash_at_call,
+            "faults": faults.from_env(),  # the test switch (dpo_ray.faults); {} in a user's run
         },
         compute=ray.data.ActorPoolStrategy(min_size=ref.min_actors, max_size=ref.max_actors),
         num_gpus=ref.num_gpus_per_actor,
@@ -442,7 +441,7 @@ def _validate_rows(tokenized: ray.data.Dataset, cfg: Config, out: Path) -> tuple
         raise DataError(summary["errors"][0][1] + more)
     report = build_data_report(summary, cfg.data.max_drop_fraction)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "data_report.json", json.dumps(report, indent=2))
+    atomic_write(out / "data_report.json", json.dumps(report, indent=2))
     if report["kept"] == 0 or report["drop_fraction"] > cfg.data.max_drop_fraction:
         reasons = ", ".join(f"{r} {n} (e.g. {report['details'][r][0]})" for r, n in report["dropped"].items())
         raise DataError(
@@ -493,7 +492,7 @@ def _write_outputs(cfg: Config, out: Path, result: Any, run_stats: dict[str, Any
     out.mkdir(parents=True, exist_ok=True)
     with result.checkpoint.as_directory() as ckpt:
         history = json.loads(Path(ckpt, "history.json").read_text())
-        _atomic_write(out / "metrics_history.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+        atomic_write(out / "metrics_history.jsonl", "".join(json.dumps(row) + "\n" for row in history))
         if result.metrics.get("stop_reason") == "non_finite":
             raise TrainingError(
                 f"training stopped at step {result.metrics['train/steps']:.0f}: the loss or gradient norm is not finite "
@@ -511,7 +510,7 @@ def _write_outputs(cfg: Config, out: Path, result: Any, run_stats: dict[str, Any
     shutil.rmtree(out / "tensorboard", ignore_errors=True)  # the live events; rewritten whole, each step once
     if "tensorboard" in cfg.train.report_to:
         write_tensorboard(history, out / "tensorboard")
-    _atomic_write(out / "metrics.json", json.dumps(summary, indent=2, sort_keys=True))
+    atomic_write(out / "metrics.json", json.dumps(summary, indent=2, sort_keys=True))
     previous = out / ".model.previous"
     if (out / "model").exists():
         os.replace(out / "model", previous)
@@ -519,8 +518,3 @@ def _write_outputs(cfg: Config, out: Path, result: Any, run_stats: dict[str, Any
     shutil.rmtree(previous, ignore_errors=True)
     return summary
 
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

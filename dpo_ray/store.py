@@ -27,7 +27,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from dpo_ray.config import is_remote
+from dpo_ray.paths import file_sha256, hash_files, is_remote
 from dpo_ray.data.report import hash_sum
 
 KEY_VERSION = 3  # 3: the data part is DataId (row count + sum of row hashes)
@@ -35,23 +35,6 @@ KEY_VERSION = 3  # 3: the data part is DataId (row count + sum of row hashes)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "tokenizer.model", "vocab.json", "merges.txt")
-
-
-def file_sha256(path: str | Path, digest: Any = None) -> str:
-    """SHA-256 of a file's bytes, read in 1 MiB chunks (or fed into ``digest``)."""
-    digest = digest or hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _hash_files(directory: Path, names: list[str]) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(names):
-        digest.update(name.encode())
-        file_sha256(directory / name, digest)
-    return digest.hexdigest()
 
 
 def model_identity(name_or_path: str, revision: str | None) -> dict[str, str]:
@@ -66,7 +49,7 @@ def model_identity(name_or_path: str, revision: str | None) -> dict[str, str]:
     files = [p.name for p in path.iterdir() if p.is_file()]
     weights = [f for f in files if f.endswith(WEIGHT_SUFFIXES) or f == "config.json"]
     tokenizer = [f for f in files if f in TOKENIZER_FILES]
-    return {"weights": _hash_files(path, weights), "tokenizer": _hash_files(path, tokenizer)}
+    return {"weights": hash_files(path, weights), "tokenizer": hash_files(path, tokenizer)}
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from typing import Any
 from ray.train import UserCallback
 
 from dpo_ray.config import Config
+from dpo_ray.paths import atomic_write
 
 
 @dataclass(frozen=True)
@@ -101,10 +102,8 @@ class LiveTracking(UserCallback):
             self._close()
             return
         step, values = int(row["step"]), numeric(row)
-        tmp = self.progress_path.with_name(PROGRESS_FILE + ".tmp")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps({"step": step}))
-        os.replace(tmp, self.progress_path)  # a reader never sees half a file
+        self.progress_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.progress_path, json.dumps({"step": step}))  # a reader never sees half a file
         if self.tensorboard_dir:
             # tensorboardX's SummaryWriter queues events for a thread (flush() does not drain it); the
             # record writer underneath writes synchronously, so `tensorboard --logdir` sees this step now.

@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM
 
 from conftest import small_overrides
 from dpo_ray.config import load_config
+from dpo_ray.faults import FAULTS_ENV
 from dpo_ray.data.parse import DataError
 from dpo_ray.run import run
 from dpo_ray.summary import format_summary
@@ -238,15 +239,16 @@ def _history(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics_history.jsonl").read_text().splitlines()]
 
 
-def test_killed_worker_and_resumed_run_match_an_uninterrupted_run(tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path) -> None:
+def test_killed_worker_and_resumed_run_match_an_uninterrupted_run(tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     from ray.train import TrainingFailedError
 
     clean = run(load_config(None, _fault_overrides(tiny_model_dir, pairs_jsonl, tmp_path / "clean")))
 
     # A worker process dies at step 3 (after the step-2 checkpoint); Ray replaces the group, which
     # resumes from the checkpoint and replays steps 3.. on exactly the same pairs.
-    faulted = run(load_config(None, _fault_overrides(tiny_model_dir, pairs_jsonl, tmp_path / "fault", **{"train.max_failures": 1})),
-                  fault_injection={"crash_at_step": 3, "crash_marker": str(tmp_path / "crashed-1")})
+    monkeypatch.setenv(FAULTS_ENV, json.dumps({"train_crash_at_step": 3, "train_marker": str(tmp_path / "crashed-1")}))
+    faulted = run(load_config(None, _fault_overrides(tiny_model_dir, pairs_jsonl, tmp_path / "fault", **{"train.max_failures": 1})))
     assert (tmp_path / "crashed-1").exists()
     for key in ("train/steps", "train/pairs_seen", "eval/num_pairs"):
         assert faulted[key] == clean[key], key
@@ -256,8 +258,9 @@ def test_killed_worker_and_resumed_run_match_an_uninterrupted_run(tiny_model_dir
 
     # The same crash without restarts stops the run; train.resume_from continues it to the end.
     with pytest.raises(TrainingFailedError):
-        run(load_config(None, _fault_overrides(tiny_model_dir, pairs_jsonl, tmp_path / "stopped")),
-            fault_injection={"crash_at_step": 3, "crash_marker": str(tmp_path / "crashed-2")})
+        monkeypatch.setenv(FAULTS_ENV, json.dumps({"train_crash_at_step": 3, "train_marker": str(tmp_path / "crashed-2")}))
+        run(load_config(None, _fault_overrides(tiny_model_dir, pairs_jsonl, tmp_path / "stopped")))
+    monkeypatch.delenv(FAULTS_ENV)
     assert not (tmp_path / "stopped" / "model").exists()
     resumed = run(load_config(None, _fault_overrides(tiny_model_dir, pairs_jsonl, tmp_path / "resumed",
                                                      **{"train.resume_from": str(tmp_path / "stopped")})))

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import small_overrides
 from dpo_ray.config import load_config
+from dpo_ray.faults import FAULTS_ENV
 from dpo_ray.run import prepare_pairs, reference_key, reference_stage, score_reference
 from dpo_ray.store import CacheStore, DataId
 
@@ -133,12 +134,13 @@ def test_key_changes_with_each_input(tiny_model_dir, pairs_jsonl, tmp_path) -> N
     assert len(set(misses.values())) == len(misses)
 
 
-def test_scoring_survives_a_killed_actor(tiny_model_dir, pairs_jsonl, tmp_path) -> None:
+def test_scoring_survives_a_killed_actor(tiny_model_dir, pairs_jsonl, tmp_path, monkeypatch) -> None:
     cfg = load_config(None, small_overrides(tiny_model_dir, pairs_jsonl, str(tmp_path / "run")))
     pairs, data_id = _prepare(cfg, tmp_path / "run")
     clean = _by_row(score_reference(cfg, pairs).materialize())
     marker = tmp_path / "crashed"
-    faulty = score_reference(cfg, pairs, crash_marker=str(marker), crash_at_call=2).materialize()
+    monkeypatch.setenv(FAULTS_ENV, json.dumps({"reference_crash_at_call": 2, "reference_marker": str(marker)}))
+    faulty = score_reference(cfg, pairs).materialize()
     assert marker.exists()  # an actor really died mid-stage
     got = _by_row(faulty)
     assert faulty.count() == len(got) == data_id.rows  # complete, exactly one entry per row

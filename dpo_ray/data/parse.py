@@ -22,12 +22,10 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from dpo_ray.config import is_remote
 from dpo_ray.data.formats import RowDrop, normalize_record
-from dpo_ray.store import file_sha256
+from dpo_ray.paths import DATA_SUFFIXES, file_sha256, is_remote, looks_like_hub_id
 from dpo_ray.data.tokenize import PairTokenizer, tokenize_pair, tokenizer_adds_bos  # noqa: F401 (re-exported)
 
-SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 ROW_FIELDS = ("prompt", "chosen", "rejected", "kind", "source", "drop_reason", "drop_detail", "error")
 
 
@@ -40,12 +38,6 @@ def is_saved_dataset(path: str) -> bool:
     return os.path.isdir(path) and any(
         os.path.exists(os.path.join(path, name)) for name in ("state.json", "dataset_dict.json")
     )
-
-
-def looks_like_hub_id(path: str) -> bool:
-    """'name' or 'org/name': no scheme, glob or data-file suffix, not starting with . or /."""
-    return (path.count("/") <= 1 and not path.startswith((".", "/", "~")) and not is_remote(path)
-            and not any(c in path for c in "*?[") and not path.endswith(SUFFIXES))
 
 
 def source_kind(path: str) -> str:
@@ -66,9 +58,9 @@ def expand_paths(path: str, where: str = "data.path") -> list[str]:
     if is_remote(path):
         return [path]
     if os.path.isdir(path):
-        files = sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(SUFFIXES))
+        files = sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(DATA_SUFFIXES))
         if not files:
-            raise DataError(f"{where} {path}: directory has no {'/'.join(SUFFIXES)} files")
+            raise DataError(f"{where} {path}: directory has no {'/'.join(DATA_SUFFIXES)} files")
         return files
     if any(ch in path for ch in "*?["):
         files = sorted(f for f in glob.glob(path, recursive=True) if os.path.isfile(f))
@@ -78,9 +70,9 @@ def expand_paths(path: str, where: str = "data.path") -> list[str]:
         files = [path]
     else:
         raise DataError(f"{where} {path}: no such file or directory (a hub dataset id needs no leading ./ or /)")
-    wrong = [f for f in files if not f.endswith(SUFFIXES)]
+    wrong = [f for f in files if not f.endswith(DATA_SUFFIXES)]
     if wrong:
-        raise DataError(f"{wrong[0]}: unsupported file type; use {', '.join(SUFFIXES)}")
+        raise DataError(f"{wrong[0]}: unsupported file type; use {', '.join(DATA_SUFFIXES)}")
     return files
 
 

@@ -6,12 +6,14 @@ Worker ring: no Ray import here either; Ray only calls it through map_batches.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 import torch
 
 from dpo_ray.train.collate import collate_pairs
 from dpo_ray.train.logprobs import sorted_sequence_stats, split_pairs
+from dpo_ray.faults import fires_once
 from dpo_ray.modeling import load_model, load_tokenizer, resolve_dtype
 
 
@@ -19,11 +21,11 @@ class ReferenceScorer:
     """Loads the frozen reference model once per actor; adds ref_chosen_logps / ref_rejected_logps."""
 
     def __init__(self, name_or_path: str, revision: str | None, dtype: str, use_gpu: bool,
-                 crash_marker: str | None = None, crash_at_call: int = 0, trust_remote_code: bool = False,
-                 rows_per_forward: int = 16, length_bucketing: bool = True) -> None:
-        # Test hook for the fault test: the first actor to reach call ``crash_at_call`` creates
-        # ``crash_marker`` and dies; Ray restarts the actor and retries its batch.
-        self.crash_marker, self.crash_at_call, self.calls = crash_marker, crash_at_call, 0
+                 trust_remote_code: bool = False, rows_per_forward: int = 16, length_bucketing: bool = True,
+                 faults: dict[str, Any] | None = None) -> None:
+        # ``faults``: the test switch (dpo_ray.faults); an actor that fires dies, Ray restarts it
+        # and retries its batch.
+        self.faults, self.calls = faults or {}, 0
         # Each call's 2B rows run rows_per_forward at a time, length-sorted with length_bucketing.
         self.rows_per_forward, self.length_bucketing = rows_per_forward, length_bucketing
         self.device = torch.device("cuda" if use_gpu else "cpu")
@@ -42,8 +44,7 @@ class ReferenceScorer:
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.calls += 1
-        if self.crash_marker and self.calls == self.crash_at_call and not os.path.exists(self.crash_marker):
-            open(self.crash_marker, "w").close()
+        if fires_once(self.faults, "reference", self.calls):
             os._exit(1)
         tensors = collate_pairs(batch["prompt_ids"], batch["chosen_ids"], batch["rejected_ids"], pad_id=self.pad_id)
         tensors = {k: v.to(self.device) for k, v in tensors.items()}

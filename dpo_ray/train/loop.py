@@ -24,6 +24,7 @@ import torch.distributed as dist
 from transformers import get_scheduler
 
 from dpo_ray.config import Config, from_dict
+from dpo_ray.faults import fires_once
 from dpo_ray.train.ds_config import build_ds_config
 from dpo_ray.train.metrics import SUM_FIELDS, finalize, metric_sums
 from dpo_ray.modeling import add_lora, load_model, load_tokenizer, resolve_dtype
@@ -109,7 +110,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if state.step == 0:
         log(_evaluate(engine, eval_shard, cfg, pad_id, device), step=0)
     stop_reason = "epochs" if cfg.train.epochs is not None else "max_steps"
-    crash_at = loop_config.get("crash_at_step")
+    faults = loop_config.get("faults", {})
     for step in range(state.step + 1, steps + 1):
         t0 = _now(device)
         sums, tokens = _train_step(engine, train_batches, cfg, pad_id, device)
@@ -154,8 +155,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             state.steady_seconds += _now(device) - t0 - not_training
             state.steady_pairs += cfg.train.batch_size
             state.steady_tokens += real_tokens
-        if crash_at is not None and step == crash_at and rank == world - 1 and not os.path.exists(loop_config["crash_marker"]):
-            open(loop_config["crash_marker"], "w").close()  # fault test hook: this worker dies once
+        if rank == world - 1 and fires_once(faults, "train", step):  # the test switch (dpo_ray.faults)
             os._exit(1)
         if stop:
             stop_reason = stop

@@ -26,8 +26,9 @@ import yaml
 from ray import tune
 from ray.train.v2.api.callback import UserCallback
 
-from dpo_ray.config import Config, ConfigError, is_remote, resolve_paths
-from dpo_ray.run import Prepared, _atomic_write, _start_ray, precompute_reference, prepare_datasets, run
+from dpo_ray.config import Config, ConfigError, resolve_paths
+from dpo_ray.paths import atomic_write, is_remote
+from dpo_ray.run import Prepared, _start_ray, precompute_reference, prepare_datasets, run
 from dpo_ray.plots import plot_sweep
 from dpo_ray.preflight import preflight_sweep
 from dpo_ray.tune.settings import TuneSettings, apply_params, sort_rows
@@ -106,7 +107,7 @@ def run_sweep(base: Config, settings: TuneSettings, *, resume: bool = False) -> 
         shutil.rmtree(out / "trials", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
-        _atomic_write(out / STATE_FILE, yaml.safe_dump({**cfg.to_dict(), "tune": settings.to_dict()}, sort_keys=False))
+        atomic_write(out / STATE_FILE, yaml.safe_dump({**cfg.to_dict(), "tune": settings.to_dict()}, sort_keys=False))
     _start_ray()
     if cfg.train.cpus_per_worker == "auto":  # trials run side by side: one CPU a worker unless the user sets more
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, cpus_per_worker=1))
@@ -232,7 +233,7 @@ def _write_outputs(out: Path, settings: TuneSettings, rows: list[dict[str, Any]]
     best_dir = out / "trials" / best["trial_id"]
     best_cfg = yaml.safe_load((best_dir / "config.yaml").read_text())
     best_cfg.update(output_dir=str(out / "best_rerun"), overwrite_output_dir=False)
-    _atomic_write(out / "best_config.yaml", yaml.safe_dump(best_cfg, sort_keys=False))
+    atomic_write(out / "best_config.yaml", yaml.safe_dump(best_cfg, sort_keys=False))
     staged = out / ".best_model.partial"
     shutil.rmtree(staged, ignore_errors=True)
     shutil.copytree(best_dir / "model", staged)
@@ -257,7 +258,7 @@ def _write_outputs(out: Path, settings: TuneSettings, rows: list[dict[str, Any]]
         "trials_errored": sum(1 for r in rows if r["status"] == "ERROR"),
         "seconds": seconds,
     }
-    _atomic_write(out / "sweep.json", json.dumps(summary, indent=2))
+    atomic_write(out / "sweep.json", json.dumps(summary, indent=2))
     return summary
 
 
