@@ -57,14 +57,14 @@ class PeakRss(threading.Thread):
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
-    """One measurement (in a fresh process): read + tokenize (pipeline.tokenized_rows), then validate
-    and count (pipeline._validate_rows): the two steps of pipeline.prepare_pairs before it filters the
+    """One measurement (in a fresh process): read + tokenize (data/stage.py tokenized_rows), then validate
+    and count (validate_rows): the two steps of prepare_pairs before it filters the
     kept rows. Peak RSS is the driver's own, object store and Ray workers excluded."""
     import ray
     import ray.data
 
     from dpo_ray.config import load_config, resolve_paths
-    from dpo_ray.run import _validate_rows, tokenized_rows
+    from dpo_ray.data.stage import tokenized_rows, validate_rows
 
     sampler = PeakRss()
     sampler.start()
@@ -86,7 +86,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     rows, cache_hit = tokenized_rows(cfg)
     tokenized = time.perf_counter()
-    counts, _, kept = _validate_rows(rows, cfg, Path(cfg.output_dir))
+    counts, _, kept = validate_rows(rows, cfg, Path(cfg.output_dir))
     validated = time.perf_counter()
     sampler.done.set()
     sampler.join()
@@ -152,7 +152,7 @@ def main() -> None:
             "data.tokenize_actors=cpus, ray.init(num_cpus=cpus + 1): the extra logical CPU is for the read task, which "
             "never schedules when the tokenizer actors hold every CPU (the stage then hangs; seen with 1 actor on "
             "num_cpus=1 and 2 actors on num_cpus=2). tokenize_s: pipeline.tokenized_rows "
-            "(read, normalise, tokenize, materialize in the object store); validate_s: pipeline._validate_rows (per-row "
+            "(read, normalise, tokenize, materialize in the object store); validate_s: data.stage.validate_rows (per-row "
             "flags to the driver, drop counts, dedup, data_report.json); the stage (prepare_pairs) then filters the kept "
             "rows. peak_rss_mib: the driver's ru_maxrss (imports and ray.init included); sampled_peak_rss_mib: psutil "
             "every 50 ms; baseline_rss_mib: after imports and ray.init, before the stage. cache cold/rerun: "

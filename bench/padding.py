@@ -4,7 +4,7 @@ python bench/padding.py                                -> bench/results/padding.
 python bench/padding.py --smoke --results-dir /tmp/x   -> 300 + 200 pairs, micro-batch 4 only
 
 The train set is the one a run trains on (pipeline.prepare_datasets: tokenized, split, seeded order),
-and the micro-batches are the train loop's own (train_loop.micro_batches, one worker, one epoch),
+and the micro-batches are the train loop's own (train.order.micro_batches, one worker, one epoch),
 collated as the trainer collates them; no model runs, so the figure is exact and cheap. Pad fraction =
 1 - real tokens / (2B x T) over the epoch, what a run reports as perf/pad_fraction.
 """
@@ -29,7 +29,7 @@ from dpo_ray.config import Config, load_config, resolve_paths  # noqa: E402
 from dpo_ray.modeling import load_tokenizer  # noqa: E402
 from dpo_ray.run import prepare_datasets  # noqa: E402
 from dpo_ray.toy import build_tiny_model, make_preference_rows  # noqa: E402
-from dpo_ray.train.loop import micro_batches  # noqa: E402
+from dpo_ray.train.order import micro_batches  # noqa: E402
 
 MICRO_BATCH_SIZES = (4, 8, 16)
 
@@ -64,11 +64,11 @@ def main() -> None:
                 f"output_dir={work / name}", "overwrite_output_dir=true"]
         prepared = prepare_datasets(resolve_paths(load_config(None, base)))  # reference-free: no scoring needed
         for micro in (4,) if args.smoke else MICRO_BATCH_SIZES:
-            row = {"data": name, "train_pairs": prepared.stats["data/epoch_train_pairs"], "micro_batch_size": micro}
+            row = {"data": name, "train_pairs": prepared.stats.epoch_train_pairs, "micro_batch_size": micro}
             for grouped in (False, True):
                 cfg = load_config(None, [*base, "train.batch_size=32", f"train.micro_batch_size={micro}",
                                          f"train.group_by_length={str(grouped).lower()}"])
-                steps = prepared.stats["data/epoch_train_pairs"] // cfg.train.batch_size
+                steps = prepared.stats.epoch_train_pairs // cfg.train.batch_size
                 row["grouped" if grouped else "ungrouped"] = round(epoch_pad_fraction(prepared.train, cfg, steps, pad_id), 4)
             runs.append(row)
             print(row, flush=True)

@@ -24,7 +24,8 @@ from dpo_ray.train.collate import collate_pairs  # noqa: E402
 from dpo_ray.config import load_config  # noqa: E402
 from dpo_ray.train.logprobs import sorted_sequence_stats  # noqa: E402
 from dpo_ray.modeling import load_model, load_tokenizer  # noqa: E402
-from dpo_ray.run import prepare_pairs, reference_stage, score_reference  # noqa: E402
+from dpo_ray.data.stage import prepare_pairs  # noqa: E402
+from dpo_ray.reference.stage import reference_stage, score_reference  # noqa: E402
 from dpo_ray.toy import build_tiny_model, make_preference_rows  # noqa: E402
 
 BATCH = 256  # pairs per scoring call (the reference.batch_size default)
@@ -82,8 +83,8 @@ def main() -> None:
             if name != "quickstart_x2":  # the cache runs: once per set is enough
                 _, cold = reference_stage(cfg, pairs, data_id)
                 _, warm = reference_stage(cfg, pairs, data_id)
-                stage = {"cold_stage_s": round(cold["ref/seconds"], 2), "warm_stage_s": round(warm["ref/seconds"], 2),
-                         "warm_cache_hit": bool(warm["ref/cache_hit"])}
+                stage = {"cold_stage_s": round(cold.seconds, 2), "warm_stage_s": round(warm.seconds, 2),
+                         "warm_cache_hit": warm.cache_hit}
             results.append({
                 "data": name, "length_bucketing": bucketing, "pairs": data_id.rows, "tokens": real,
                 "pad_fraction": round(pads / (pads + real), 4),

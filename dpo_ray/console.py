@@ -15,19 +15,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import ray
 import ray.data
-from ray.train import UserCallback
 
-from dpo_ray.screen import VERBOSE_ENV, ProgressLines, append_lines, verbose
+from dpo_ray.screen import VERBOSE_ENV, verbose
 
 DRIVER_LOG = "dpo_ray-driver-{pid}.log"
-PROGRESS_CHANNEL = ".progress_lines.jsonl"
-"""In the local output folder: lines from the callback in Ray Train's controller to the driver."""
 
 
 def start_ray() -> str:
@@ -81,22 +76,3 @@ def _keep_driver_log() -> None:
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s\t%(levelname)s %(name)s %(filename)s:%(lineno)s -- %(message)s"))
     logger.addHandler(handler)
-
-
-def progress_channel(out: Path) -> str:
-    return str(out / PROGRESS_CHANNEL)
-
-
-class ProgressReports(UserCallback):
-    """Ray Train callback: each report -> progress lines appended to the channel file, which the
-    driver prints (screen.follow). Ray Train runs callbacks in its controller, which it places on
-    the driver's node, so the file in the (local, or staging) output folder is the driver's too."""
-
-    def __init__(self, channel: str, total_steps: int, batch_size: int) -> None:
-        self.channel = channel
-        self.lines = ProgressLines(total_steps, batch_size)
-
-    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        row = metrics[0]  # rank 0's; every rank reports the same all-reduced values
-        if "step" in row:  # not the final report (the summary)
-            append_lines(self.channel, self.lines.lines(row, time.time()))

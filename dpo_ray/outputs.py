@@ -3,21 +3,26 @@
 For ``output_dir=s3://...`` / ``gs://...`` (any URI pyarrow opens, ``file://`` included) the run
 writes to a local staging folder and uploads it when the run ends, ``metrics.json`` last: a reader
 that finds ``metrics.json`` finds a finished run. Ray Train writes its checkpoints to
-``<output_dir>/ray`` itself, so workers on any node reach them. No Ray import here.
+``<output_dir>/ray`` itself, so workers on any node reach them. No Ray import here: ``write_outputs`` reads the result's checkpoint as a local folder.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pyarrow.fs as pafs
 
-from dpo_ray.config import ConfigError
-from dpo_ray.paths import is_remote
+from dpo_ray.config import Config, ConfigError
+from dpo_ray.paths import atomic_write, is_remote, join
+from dpo_ray.plots import plot_curves, write_tensorboard
+from dpo_ray.train.stopping import TrainingError
 
 FINISHED_MARK = "metrics.json"
 
@@ -69,3 +74,35 @@ def _open(uri: str) -> tuple[pafs.FileSystem, str]:
         return pafs.FileSystem.from_uri(uri)
     except Exception as err:  # pyarrow: unknown scheme, no credentials, bad bucket name
         raise ConfigError(f"output_dir {uri}: cannot open it ({err}); use a local path, a mounted share, s3:// or gs://") from err
+
+
+def write_outputs(cfg: Config, out: Path, result: Any, run_stats: dict[str, Any]) -> dict[str, Any]:
+    """model/ (moved in last, atomically), metrics.json, metrics_history.jsonl (config.yaml is written before training)."""
+    out.mkdir(parents=True, exist_ok=True)
+    with result.checkpoint.as_directory() as ckpt:
+        history = json.loads(Path(ckpt, "history.json").read_text())
+        atomic_write(out / "metrics_history.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+        if result.metrics.get("stop_reason") == "non_finite":
+            raise TrainingError(
+                f"training stopped at step {result.metrics['train/steps']:.0f}: the loss or gradient norm is not finite "
+                f"(lower train.learning_rate, or set train.nonfinite=skip); no model was written, history in {out / 'metrics_history.jsonl'}"
+            )
+        staged = out / ".model.partial"
+        shutil.rmtree(staged, ignore_errors=True)
+        shutil.copytree(Path(ckpt, "model"), staged)
+    initial = {f"initial_{k}": v for k, v in history[0].items() if k.startswith("eval/")}
+    final = {k: v for k, v in result.metrics.items() if k != "step"}
+    summary: dict[str, Any] = {**run_stats, **initial, **final, "model_dir": join(cfg.output_dir, "model")}
+    if "perf/first_step_time" in final:  # step 1 ran in this job (not before a resume)
+        summary["perf/job_seconds_to_first_step"] = final["perf/first_step_time"] - run_stats["perf/started_time"]
+    plot_curves(history, out / "curves.png")
+    shutil.rmtree(out / "tensorboard", ignore_errors=True)  # the live events; rewritten whole, each step once
+    if "tensorboard" in cfg.train.report_to:
+        write_tensorboard(history, out / "tensorboard")
+    atomic_write(out / "metrics.json", json.dumps(summary, indent=2, sort_keys=True))
+    previous = out / ".model.previous"
+    if (out / "model").exists():
+        os.replace(out / "model", previous)
+    os.replace(staged, out / "model")
+    shutil.rmtree(previous, ignore_errors=True)
+    return summary

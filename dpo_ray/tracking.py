@@ -1,8 +1,9 @@
-"""Live run tracking: a Ray Train callback that sees each report as it happens (orchestration ring).
+"""Live run tracking: Ray Train callbacks that see each report as it happens (orchestration ring):
+LiveTracking (the sinks below) and ProgressReports (the driver's progress lines).
 
 ``train.report_to`` picks the sinks, as TRL's ``report_to`` does:
 - ``tensorboard`` (default): event files under ``<output_dir>/tensorboard`` while the run goes; at the
-  end pipeline._write_outputs rewrites them from the whole history (a resumed or restarted run then
+  end outputs.write_outputs rewrites them from the whole history (a resumed or restarted run then
   shows each step once).
 - ``mlflow``: one MLflow run per dpo_ray run, at ``MLFLOW_TRACKING_URI`` (MLflow's default when
   unset) in experiment ``MLFLOW_EXPERIMENT_NAME`` (default ``dpo_ray``): the config as params, every
@@ -24,6 +25,7 @@ from ray.train import UserCallback
 
 from dpo_ray.config import Config
 from dpo_ray.paths import atomic_write
+from dpo_ray.screen import ProgressLines, append_lines
 
 
 @dataclass(frozen=True)
@@ -152,3 +154,26 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+PROGRESS_CHANNEL = ".progress_lines.jsonl"
+"""In the local output folder: lines from the callback in Ray Train's controller to the driver."""
+
+
+def progress_channel(out: Path) -> str:
+    return str(out / PROGRESS_CHANNEL)
+
+
+class ProgressReports(UserCallback):
+    """Ray Train callback: each report -> progress lines appended to the channel file, which the
+    driver prints (screen.follow). Ray Train runs callbacks in its controller, which it places on
+    the driver's node, so the file in the (local, or staging) output folder is the driver's too."""
+
+    def __init__(self, channel: str, total_steps: int, batch_size: int) -> None:
+        self.channel = channel
+        self.lines = ProgressLines(total_steps, batch_size)
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        row = metrics[0]  # rank 0's; every rank reports the same all-reduced values
+        if "step" in row:  # not the final report (the summary)
+            append_lines(self.channel, self.lines.lines(row, time.time()))

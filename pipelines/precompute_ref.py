@@ -36,14 +36,13 @@ def main(argv: list[str] | None = None) -> int:
         preflight(cfg, writes_model=False)  # the same checks as pipelines/dpo.py, before Ray and torch load
         from dpo_ray.run import precompute_reference
 
-        stats = precompute_reference(cfg)
+        data, ref = precompute_reference(cfg)
     except (ConfigError, DataError) as err:
         print(f"dpo_ray: error: {err}", file=sys.stderr)
         return 2
-    state = "cache hit" if stats["ref/cache_hit"] else "scored and cached"
-    print(f"reference: {state} ({stats['ref/key']}) in {stats['ref/seconds']:.1f} s; "
-          f"{stats['data/train_pairs'] + stats['data/eval_pairs']} pairs, pad fraction {stats['ref/pad_fraction']:.3f}, "
-          f"cache_dir {stats['cache_dir']}")
+    state = "cache hit" if ref.cache_hit else "scored and cached"
+    print(f"reference: {state} ({ref.key}) in {ref.seconds:.1f} s; {data.train_pairs + data.eval_pairs} pairs, "
+          f"pad fraction {ref.pad_fraction:.3f}, cache_dir {cfg.reference.cache_dir}")
     return 0
 
 

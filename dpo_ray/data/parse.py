@@ -1,6 +1,6 @@
 """Preference rows: find files, parse records, normalise formats, tokenize pairs, split train/eval.
 
-Pure ring: no Ray import. Ray Data calls these functions from its tasks (see pipeline.py).
+Pure ring: no Ray import. Ray Data calls these functions from its tasks (see data/stage.py).
 
 Row-level problems become counted drops (``drop_reason``, formats.DROP_REASONS) with the row's
 ``source`` (``file:line`` for JSON Lines, ``file:row N`` otherwise). File-level problems (unreadable,

@@ -1,4 +1,4 @@
-"""Reference scorer: a plain callable class; pipeline.py turns it into a Ray Data actor pool.
+"""Reference scorer: a plain callable class; reference/stage.py turns it into a Ray Data actor pool.
 
 Worker ring: no Ray import here either; Ray only calls it through map_batches.
 """

@@ -1,8 +1,8 @@
 """Orchestration: a Ray Tune sweep over any config keys, at the price of one reference pass.
 
-The data and reference stages run once before the first trial (pipeline.precompute_reference), so
+The data and reference stages run once before the first trial (run.precompute_reference), so
 every trial reads the tokenized rows and the reference log-probs from the caches. One trial is one
-pipeline.run (a TorchTrainer with its own workers and checkpoints) inside a Tune function trainable
+run.run (a TorchTrainer with its own workers and checkpoints) inside a Tune function trainable
 (the Train V2 pattern); the trial forwards each held-out evaluation to Tune, where ASHA may stop it.
 
 Outputs under the sweep's output_dir: trials.csv, best_config.yaml, best_model/, heatmap.png,
@@ -28,7 +28,9 @@ from ray.train.v2.api.callback import UserCallback
 
 from dpo_ray.config import Config, ConfigError, resolve_paths
 from dpo_ray.paths import atomic_write, is_remote
-from dpo_ray.run import Prepared, _start_ray, precompute_reference, prepare_datasets, run
+from dpo_ray.console import start_ray
+from dpo_ray.run import Prepared, precompute_reference, prepare_datasets, run
+from dpo_ray.stats import StageStats
 from dpo_ray.plots import plot_sweep
 from dpo_ray.preflight import preflight_sweep
 from dpo_ray.tune.settings import TuneSettings, apply_params, sort_rows
@@ -63,11 +65,11 @@ class EvalToTune(UserCallback):
     """Ray Train callback: forward rank 0's reports that carry the objective (one per evaluation)
     to the Tune trial, with the trial's data and reference stage stats attached."""
 
-    def __init__(self, metric: str, stage_stats: dict[str, Any]) -> None:
+    def __init__(self, metric: str, stage_stats: StageStats) -> None:
         from ray.train._internal.session import get_session
 
         self.metric = metric
-        self.stats = {k: v for k, v in stage_stats.items() if isinstance(v, (int, float))}
+        self.stats = {k: v for k, v in stage_stats.metrics().items() if isinstance(v, (int, float))}
         self.queue = get_session()._get_or_create_inter_actor_queue()
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
@@ -108,7 +110,7 @@ def run_sweep(base: Config, settings: TuneSettings, *, resume: bool = False) -> 
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
         atomic_write(out / STATE_FILE, yaml.safe_dump({**cfg.to_dict(), "tune": settings.to_dict()}, sort_keys=False))
-    _start_ray()
+    start_ray()
     if cfg.train.cpus_per_worker == "auto":  # trials run side by side: one CPU a worker unless the user sets more
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, cpus_per_worker=1))
 
@@ -116,8 +118,8 @@ def run_sweep(base: Config, settings: TuneSettings, *, resume: bool = False) -> 
     # shapes the datasets, every trial trains on these very datasets; otherwise each trial runs its
     # own stages, which hit the caches this pass filled (for the base values).
     prepared = prepare_datasets(cfg) if shares_datasets(settings) else None
-    stats = prepared.stats if prepared else (None if cfg.loss.reference_free() else precompute_reference(cfg))
-    precomputed = int(bool(stats) and stats["ref/cache_hit"] == 0.0 and not stats.get("ref/skipped"))
+    ref = prepared.stats.ref if prepared else (None if cfg.loss.reference_free() else precompute_reference(cfg)[1])
+    precomputed = int(ref is not None and not ref.cache_hit and not ref.skipped)
     _append_jsonl(out / "precompute.jsonl", {"scored": precomputed, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
     mode = settings.resolved_mode()
