@@ -63,7 +63,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     import ray
     import ray.data
 
-    from dpo_ray.config import load_config, resolve_paths
+    from dpo_ray.config_load import load_config, resolve_paths
     from dpo_ray.data.stage import tokenized_rows, validate_rows
 
     sampler = PeakRss()

@@ -30,7 +30,7 @@ from common import REPO, RESULTS, scratch_dir, write_result
 
 sys.path.insert(0, str(REPO))
 
-from dpo_ray.config import load_config  # noqa: E402
+from dpo_ray.config_load import load_config  # noqa: E402
 from dpo_ray.modeling import load_model  # noqa: E402
 from dpo_ray.run import run  # noqa: E402
 from dpo_ray.toy import build_tiny_model, make_preference_rows  # noqa: E402

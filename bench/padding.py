@@ -25,7 +25,8 @@ from reference import varying_rows
 sys.path.insert(0, str(REPO))
 
 from dpo_ray.train.collate import collate_pairs, count_tokens  # noqa: E402
-from dpo_ray.config import Config, load_config, resolve_paths  # noqa: E402
+from dpo_ray.config import Config  # noqa: E402
+from dpo_ray.config_load import load_config, resolve_paths
 from dpo_ray.modeling import load_tokenizer  # noqa: E402
 from dpo_ray.run import prepare_datasets  # noqa: E402
 from dpo_ray.toy import build_tiny_model, make_preference_rows  # noqa: E402

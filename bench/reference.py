@@ -21,7 +21,7 @@ from common import REPO, write_result
 sys.path.insert(0, str(REPO))
 
 from dpo_ray.train.collate import collate_pairs  # noqa: E402
-from dpo_ray.config import load_config  # noqa: E402
+from dpo_ray.config_load import load_config  # noqa: E402
 from dpo_ray.train.logprobs import sorted_sequence_stats  # noqa: E402
 from dpo_ray.modeling import load_model, load_tokenizer  # noqa: E402
 from dpo_ray.data.stage import prepare_pairs  # noqa: E402

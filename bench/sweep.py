@@ -26,7 +26,8 @@ from common import REPO, RESULTS, machine, run_in_repo
 
 sys.path.insert(0, str(REPO))
 
-from dpo_ray.config import Config, load_config  # noqa: E402
+from dpo_ray.config import Config  # noqa: E402
+from dpo_ray.config_load import load_config
 
 SWEEP_YAML = REPO / "pipelines" / "configs" / "sweep.yaml"
 BETAS = (0.05, 0.1, 0.3, 0.5)

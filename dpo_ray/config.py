@@ -1,27 +1,26 @@
-"""Typed run configuration: grouped frozen dataclasses, YAML files, dotted overrides.
-
-Pure ring: no Ray import. One source for every setting; the resolved config is written next to
-every output. Unknown keys and wrong types raise ``ConfigError`` naming the key.
-"""
+"""The run configuration's schema: typed frozen groups, a docstring per field, validation in __post_init__.
+Imports nothing from dpo_ray; YAML and dotted overrides are read into it by config_load.py."""
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
-
-from dpo_ray.paths import is_remote, looks_like_hub_id
 
 
 class ConfigError(ValueError):
     """A config key is unknown, has the wrong type, or holds a value that cannot work."""
+
+
+def require(*checks: tuple[bool, str]) -> None:
+    """Raise ConfigError with the message of the first (condition, message) whose condition is false."""
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
 
 
 @dataclass(frozen=True)
@@ -49,8 +48,7 @@ class ModelConfig:
     revision: str | None = None
     """Hub revision (branch, tag or commit); ignored for local directories."""
     trust_remote_code: bool = False
-    """Run modelling/tokenizer code shipped with a hub repo. Off unless set explicitly: it executes
-    code from the repo on every worker."""
+    """Run modelling/tokenizer code shipped with a hub repo (it executes on every worker): off unless set."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Weights dtype for training: auto is bfloat16 on GPU (with train.bf16) and float32 on CPU."""
     disable_dropout: bool = True
@@ -98,8 +96,7 @@ class SourceConfig:
 @dataclass(frozen=True)
 class DataConfig:
     path: str = "pipelines/assets/quickstart_pairs.jsonl"
-    """JSONL/JSON/Parquet/CSV file, directory or glob; s3:// or gs:// URI; a directory saved by
-    datasets' save_to_disk; or a hub dataset id."""
+    """JSONL/JSON/Parquet/CSV file, directory or glob; s3:// or gs:// URI; a save_to_disk folder; a hub id."""
     split: str = "train"
     """Split of a hub dataset or a saved DatasetDict."""
     subset: str | None = None
@@ -127,37 +124,29 @@ class DataConfig:
     """Drop exact duplicate pairs (same prompt, chosen and rejected), keeping the first."""
     sources: list[SourceConfig] = field(default_factory=list)
     """A mixture: several sources ({name, path, weight, split, subset, revision, eval}) in place of
-    data.path. Each epoch has as many train pairs as all sources together; source s fills
-    weight_s / sum(weights) of it: a source with fewer pairs than its share is repeated (every pair
-    floor(r) times, plus once more for a seeded-hash-chosen fraction of pairs), a larger one is
-    subsampled the same way, so the stream samples sources in proportion without replacement
-    within each pass over a source. Eval metrics are also reported per source."""
+    data.path. An epoch has as many train pairs as all sources together, source s fills weight_s /
+    sum(weights) of it (repeated or subsampled by seeded hash: train/order.py); eval is per source too."""
     tokenize_actors: int = 1
     """Ray Data actors that tokenize in parallel (each holds one tokenizer)."""
     tokenize_batch_size: int = 256
     """Rows per tokenization batch."""
     cache_dir: str | None = "~/.cache/dpo_ray/tokenized"
-    """Tokenized rows are kept here (Parquet) under a key hashed from the input files' contents, the
-    tokenizer (vocab, chat template), the format and the length settings; a rerun with the same key
-    skips tokenization. A local path, s3:// or gs://; null turns the cache off. A hub dataset is
-    cached only with data.revision pinned (a branch may move)."""
+    """Tokenized rows kept by content key (inputs, tokenizer, format, lengths; local, s3:// or gs://;
+    null: off); a rerun with the same key skips tokenization. A hub dataset needs data.revision pinned."""
 
     def __post_init__(self) -> None:
-        if self.max_length < 4:
-            raise ConfigError(f"data.max_length={self.max_length}: must be at least 4 tokens")
-        if self.max_prompt_length is not None and not 1 <= self.max_prompt_length < self.max_length:
-            raise ConfigError(f"data.max_prompt_length={self.max_prompt_length}: must be in [1, data.max_length)")
-        if not 0.0 < self.eval_fraction < 1.0:
-            raise ConfigError(f"data.eval_fraction={self.eval_fraction}: must be in (0, 1)")
-        if not 0.0 <= self.max_drop_fraction <= 1.0:
-            raise ConfigError(f"data.max_drop_fraction={self.max_drop_fraction}: must be in [0, 1]")
-        if self.tokenize_actors < 1 or self.tokenize_batch_size < 1:
-            raise ConfigError("data.tokenize_actors and data.tokenize_batch_size must be >= 1")
         names = [s.name for s in self.sources]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"data.sources: names must be unique, got {names}")
-        if self.sources and all(s.eval for s in self.sources):
-            raise ConfigError("data.sources: every source is eval: true; mark at least one as a train source")
+        require(
+            (self.max_length >= 4, f"data.max_length={self.max_length}: must be at least 4 tokens"),
+            (self.max_prompt_length is None or 1 <= self.max_prompt_length < self.max_length,
+             f"data.max_prompt_length={self.max_prompt_length}: must be in [1, data.max_length)"),
+            (0.0 < self.eval_fraction < 1.0, f"data.eval_fraction={self.eval_fraction}: must be in (0, 1)"),
+            (0.0 <= self.max_drop_fraction <= 1.0, f"data.max_drop_fraction={self.max_drop_fraction}: must be in [0, 1]"),
+            (self.tokenize_actors >= 1 and self.tokenize_batch_size >= 1, "data.tokenize_actors and data.tokenize_batch_size must be >= 1"),
+            (len(set(names)) == len(names), f"data.sources: names must be unique, got {names}"),
+            (not self.sources or not all(s.eval for s in self.sources),
+             "data.sources: every source is eval: true; mark at least one as a train source"),
+        )
 
     def column_map(self) -> dict[str, str]:
         return dataclasses.asdict(self.columns)
@@ -172,29 +161,24 @@ class ReferenceConfig:
     num_gpus_per_actor: float = 0.0
     """GPUs each scoring actor reserves (0 on CPU machines)."""
     batch_size: int = 256
-    """Pairs per scoring call: its 2 x batch_size rows are scored rows_per_forward at a time (memory is
-    bounded by rows_per_forward), length-sorted with length_bucketing, so a larger call pads less."""
+    """Pairs per scoring call, scored rows_per_forward rows at a time (a larger call pads less)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Scoring dtype: auto is bfloat16 when the actor has a GPU, float32 otherwise."""
     cache_dir: str | None = "~/.cache/dpo_ray/reference"
     """Where scored pairs are kept by content key (local, NFS, s3:// or gs://); null turns caching off."""
     length_bucketing: bool = True
-    """Sort each scoring call's chosen and rejected rows by length before cutting them into forwards
-    of rows_per_forward rows, so each forward pads little; off, rows keep their order."""
+    """Length-sort each scoring call's rows before cutting them into forwards (each pads little)."""
     rows_per_forward: int = 16
-    """Sequences per scoring forward, each forward as wide as its longest row. Smaller pads less and
-    holds less memory; on a GPU with memory to spare, raise it."""
+    """Sequences per scoring forward (smaller: less padding and memory; raise it on a roomy GPU)."""
 
     def __post_init__(self) -> None:
-        if not 1 <= self.min_actors <= self.max_actors:
-            raise ConfigError(
-                f"reference.min_actors={self.min_actors}, reference.max_actors={self.max_actors}: "
-                "need 1 <= min_actors <= max_actors"
-            )
-        if self.num_gpus_per_actor < 0 or self.batch_size < 1:
-            raise ConfigError("reference.num_gpus_per_actor must be >= 0 and reference.batch_size >= 1")
-        if self.rows_per_forward < 1:
-            raise ConfigError(f"reference.rows_per_forward={self.rows_per_forward}: must be >= 1")
+        require(
+            (1 <= self.min_actors <= self.max_actors, f"reference.min_actors={self.min_actors}, reference.max_actors="
+             f"{self.max_actors}: need 1 <= min_actors <= max_actors"),
+            (self.num_gpus_per_actor >= 0 and self.batch_size >= 1,
+             "reference.num_gpus_per_actor must be >= 0 and reference.batch_size >= 1"),
+            (self.rows_per_forward >= 1, f"reference.rows_per_forward={self.rows_per_forward}: must be >= 1"),
+        )
 
 
 LossName = Literal[
@@ -235,33 +219,27 @@ class LossConfig:
     """LD-DPO alpha in [0, 1]: weight of completion tokens past the shorter completion's length."""
 
     def __post_init__(self) -> None:
-        types = self.type
-        if not types:
-            raise ConfigError("loss.type: name at least one loss")
-        if len(set(types)) != len(types):
-            raise ConfigError(f"loss.type={types}: a loss is listed twice")
-        if self.weights is not None and len(self.weights) != len(types):
-            raise ConfigError(f"loss.weights has {len(self.weights)} entries for {len(types)} losses in loss.type")
-        if self.beta <= 0:
-            raise ConfigError(f"loss.beta={self.beta}: must be > 0")
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise ConfigError(f"loss.label_smoothing={self.label_smoothing}: must be in [0, 0.5)")
-        if self.label_smoothing > 0 and not set(types) & LABEL_SMOOTHING_LOSSES:
-            raise ConfigError(f"loss.label_smoothing is read only by {', '.join(sorted(LABEL_SMOOTHING_LOSSES))}; loss.type={types} would ignore it")
-        if "exo_pair" in types and self.label_smoothing == 0:
-            raise ConfigError("loss.type exo_pair needs loss.label_smoothing > 0 (its log(eps) term; the paper uses 1e-3)")
-        if self.f_divergence != "reverse_kl":
-            bad = [t for t in types if t not in F_DIVERGENCE_LOSSES]
-            if bad:
-                raise ConfigError(f"loss.f_divergence={self.f_divergence} is not defined for loss.type {bad[0]} (only {', '.join(sorted(F_DIVERGENCE_LOSSES))})")
-        if self.f_divergence == "alpha_divergence" and not 0 < self.f_alpha < 1:
-            raise ConfigError(f"loss.f_alpha={self.f_alpha}: must be in (0, 1)")
-        if self.wpo and set(types) & NO_WPO_LOSSES:
-            raise ConfigError("loss.wpo is not defined for aot / aot_unpaired (they sort log-ratios across the batch)")
-        if self.ld_alpha is not None and not 0.0 <= self.ld_alpha <= 1.0:
-            raise ConfigError(f"loss.ld_alpha={self.ld_alpha}: must be in [0, 1]")
-        if self.discopop_tau <= 0:
-            raise ConfigError(f"loss.discopop_tau={self.discopop_tau}: must be > 0")
+        types, smoothing, f_div = self.type, sorted(LABEL_SMOOTHING_LOSSES), sorted(F_DIVERGENCE_LOSSES)
+        not_f = [t for t in types if t not in F_DIVERGENCE_LOSSES]
+        require(
+            (bool(types), "loss.type: name at least one loss"),
+            (len(set(types)) == len(types), f"loss.type={types}: a loss is listed twice"),
+            (self.weights is None or len(self.weights) == len(types),
+             f"loss.weights has {len(self.weights or [])} entries for {len(types)} losses in loss.type"),
+            (self.beta > 0, f"loss.beta={self.beta}: must be > 0"),
+            (0.0 <= self.label_smoothing < 0.5, f"loss.label_smoothing={self.label_smoothing}: must be in [0, 0.5)"),
+            (self.label_smoothing == 0 or bool(set(types) & LABEL_SMOOTHING_LOSSES),
+             f"loss.label_smoothing is read only by {', '.join(smoothing)}; loss.type={types} would ignore it"),
+            ("exo_pair" not in types or self.label_smoothing > 0,
+             "loss.type exo_pair needs loss.label_smoothing > 0 (its log(eps) term; the paper uses 1e-3)"),
+            (self.f_divergence == "reverse_kl" or not not_f,
+             f"loss.f_divergence={self.f_divergence} is not defined for loss.type {next(iter(not_f), '')} (only {', '.join(f_div)})"),
+            (self.f_divergence != "alpha_divergence" or 0 < self.f_alpha < 1, f"loss.f_alpha={self.f_alpha}: must be in (0, 1)"),
+            (not (self.wpo and set(types) & NO_WPO_LOSSES),
+             "loss.wpo is not defined for aot / aot_unpaired (they sort log-ratios across the batch)"),
+            (self.ld_alpha is None or 0.0 <= self.ld_alpha <= 1.0, f"loss.ld_alpha={self.ld_alpha}: must be in [0, 1]"),
+            (self.discopop_tau > 0, f"loss.discopop_tau={self.discopop_tau}: must be > 0"),
+        )
 
     def reference_free(self) -> bool:
         """True when no listed loss reads reference log-probs: the reference stage is skipped."""
@@ -340,62 +318,48 @@ class TrainConfig:
     resume_from: str | None = None
     """A stopped run's output_dir (or one of its checkpoint folders) to continue, same worker count."""
     group_by_length: bool = True
-    """Sort each window of length_group_window micro-batches' pairs by length before cutting them
-    into micro-batches (less padding), then shuffle those micro-batches (seeded, per epoch)."""
+    """Length-sort each window of micro-batches' pairs, cut, then shuffle the micro-batches (train/order.py)."""
     length_group_window: int = 32
     """Micro-batches per length-grouping window."""
     logps_chunk_size: int | None = None
-    """Apply the LM head this many positions at a time (recomputed in backward), so the full
-    (2B, T, vocab) logits never exist at once; for large vocabularies. Off: one plain forward."""
+    """LM head this many positions at a time (recomputed in backward): no full (2B, T, vocab) logits."""
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
-    """Live metric sinks, as TRL's report_to: tensorboard (<output_dir>/tensorboard, written at each
-    report) and mlflow (MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME); [] for none."""
+    """Live metric sinks, as TRL's report_to: tensorboard (<output_dir>/tensorboard), mlflow; [] for none."""
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.report_to) - set(REPORT_TO))
-        if unknown:
-            raise ConfigError(f"train.report_to: unknown {unknown}; choose from {list(REPORT_TO)}")
         positive = {
-            "max_steps": self.max_steps, "batch_size": self.batch_size,
-            "micro_batch_size": self.micro_batch_size, "num_workers": self.num_workers,
-            "eval_every": self.eval_every,
-            "logging_steps": self.logging_steps, "length_group_window": self.length_group_window,
+            "max_steps": self.max_steps, "batch_size": self.batch_size, "micro_batch_size": self.micro_batch_size,
+            "num_workers": self.num_workers, "eval_every": self.eval_every, "logging_steps": self.logging_steps,
+            "length_group_window": self.length_group_window,
+            **({} if self.cpus_per_worker == "auto" else {"cpus_per_worker": self.cpus_per_worker}),
         }
-        if self.cpus_per_worker != "auto":
-            positive["cpus_per_worker"] = self.cpus_per_worker
-        for name, value in positive.items():
-            if value < 1:
-                raise ConfigError(f"train.{name}={value}: must be >= 1")
-        if self.epochs is not None and self.epochs <= 0:
-            raise ConfigError(f"train.epochs={self.epochs}: must be > 0")
-        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
-            raise ConfigError(f"train.early_stopping_patience={self.early_stopping_patience}: must be >= 1")
-        if not self.early_stopping_metric.startswith("eval/"):
-            raise ConfigError(f"train.early_stopping_metric={self.early_stopping_metric!r}: must be an eval/ metric, e.g. eval/loss")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"train.learning_rate={self.learning_rate}: must be > 0")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ConfigError(f"train.warmup_ratio={self.warmup_ratio}: must be in [0, 1)")
-        if (self.offload_optimizer or self.offload_params) and not self.use_gpu:
-            raise ConfigError("train.offload_optimizer / train.offload_params move state from GPU to CPU; they need train.use_gpu=true")
-        if self.checkpoint_every is not None and self.checkpoint_every < 1 or self.num_to_keep < 1 or self.max_failures < 0:
-            raise ConfigError("train.checkpoint_every and train.num_to_keep must be >= 1, train.max_failures >= 0")
-        if self.nonfinite == "skip" and self.zero_stage == 0:
-            raise ConfigError("train.nonfinite=skip needs train.zero_stage >= 1 (DeepSpeed's overflow check skips the update)")
-        if self.offload_optimizer and self.zero_stage == 0:
-            raise ConfigError("train.offload_optimizer needs train.zero_stage >= 1")
-        if self.offload_params and self.zero_stage not in (3, "auto"):
-            raise ConfigError("train.offload_params needs train.zero_stage=3")
         per_step = self.micro_batch_size * self.num_workers
-        if self.batch_size % per_step:
-            raise ConfigError(
-                f"train.batch_size={self.batch_size} is not a multiple of train.micro_batch_size x "
-                f"train.num_workers = {per_step}; pick a batch size that divides evenly"
-            )
+        require(
+            (not unknown, f"train.report_to: unknown {unknown}; choose from {list(REPORT_TO)}"),
+            *((value >= 1, f"train.{name}={value}: must be >= 1") for name, value in positive.items()),
+            (self.epochs is None or self.epochs > 0, f"train.epochs={self.epochs}: must be > 0"),
+            (self.early_stopping_patience is None or self.early_stopping_patience >= 1,
+             f"train.early_stopping_patience={self.early_stopping_patience}: must be >= 1"),
+            (self.early_stopping_metric.startswith("eval/"),
+             f"train.early_stopping_metric={self.early_stopping_metric!r}: must be an eval/ metric, e.g. eval/loss"),
+            (self.learning_rate > 0, f"train.learning_rate={self.learning_rate}: must be > 0"),
+            (0.0 <= self.warmup_ratio < 1.0, f"train.warmup_ratio={self.warmup_ratio}: must be in [0, 1)"),
+            (self.use_gpu or not (self.offload_optimizer or self.offload_params),
+             "train.offload_optimizer / train.offload_params move state from GPU to CPU; they need train.use_gpu=true"),
+            ((self.checkpoint_every is None or self.checkpoint_every >= 1) and self.num_to_keep >= 1 and self.max_failures >= 0,
+             "train.checkpoint_every and train.num_to_keep must be >= 1, train.max_failures >= 0"),
+            (not (self.nonfinite == "skip" and self.zero_stage == 0),
+             "train.nonfinite=skip needs train.zero_stage >= 1 (DeepSpeed's overflow check skips the update)"),
+            (not (self.offload_optimizer and self.zero_stage == 0), "train.offload_optimizer needs train.zero_stage >= 1"),
+            (not self.offload_params or self.zero_stage in (3, "auto"), "train.offload_params needs train.zero_stage=3"),
+            (per_step < 1 or self.batch_size % per_step == 0,
+             f"train.batch_size={self.batch_size} is not a multiple of train.micro_batch_size x train.num_workers = "
+             f"{per_step}; pick a batch size that divides evenly"),
+        )
 
     def resolved_zero_stage(self) -> int:
-        """zero_stage, with auto resolved: 3 for offload_params; for one rank 0 (nothing to partition),
-        or 1 where skipping a non-finite step or offloading the optimizer needs ZeRO; else 2."""
+        """zero_stage with auto resolved: 3 to offload params; one rank 0 (1 if nonfinite=skip/offload needs ZeRO); else 2."""
         if self.zero_stage != "auto":
             return self.zero_stage
         if self.offload_params:
@@ -433,152 +397,3 @@ class Config:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-
-def from_dict(raw: dict[str, Any]) -> Config:
-    """Build a Config from nested plain data, checking every key and type."""
-    return build_group(Config, raw, prefix="")
-
-
-def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> Config:
-    """YAML file (optional) + dotted ``key=value`` overrides -> validated Config."""
-    raw = read_yaml(path) if path is not None else {}
-    for key, value in parse_overrides(overrides or []):
-        set_dotted(raw, key, value)
-    return from_dict(raw)
-
-
-def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A config file's top-level mapping (empty for an empty file)."""
-    try:
-        loaded = yaml.safe_load(_read_text(Path(path)))
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({yaml_problem(err)}); fix the file") from err
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of config groups")
-    return loaded
-
-
-def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
-    """``key=value`` strings -> (dotted key, YAML-parsed value)."""
-    parsed = []
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override '{item}': expected key=value, e.g. loss.beta=0.05")
-        try:
-            parsed.append((key.strip(), yaml.safe_load(value) if value.strip() else ""))
-        except yaml.YAMLError as err:
-            raise ConfigError(f"override '{item}': the value is not valid YAML ({yaml_problem(err)}); "
-                              "quote it (key='\"...\"') or close its brackets") from err
-    return parsed
-
-
-def yaml_problem(err: yaml.YAMLError) -> str:
-    """PyYAML's multi-line message as one phrase: the problem and where (1-based line, column)."""
-    if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
-        mark = err.problem_mark
-        return f"{err.problem} at line {mark.line + 1}, column {mark.column + 1}"
-    return str(err).splitlines()[0]
-
-
-def resolve_paths(config: Config) -> Config:
-    """Make local paths absolute so workers with another cwd find them; hub ids stay as given."""
-    def local(path: str) -> str:
-        if not is_remote(path) and (os.path.exists(path) or not looks_like_hub_id(path)):
-            return os.path.abspath(path)
-        return path
-
-    model_path = config.model.name_or_path
-    if Path(model_path).exists():
-        model_path = str(Path(model_path).resolve())
-    sources = [dataclasses.replace(s, path=local(s.path)) for s in config.data.sources]
-    output_dir = config.output_dir if is_remote(config.output_dir) else os.path.abspath(config.output_dir)
-    return dataclasses.replace(
-        config,
-        model=dataclasses.replace(config.model, name_or_path=model_path),
-        data=dataclasses.replace(config.data, path=local(config.data.path), sources=sources),
-        output_dir=output_dir,
-    )
-
-
-def _read_text(path: Path) -> str:
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    return path.read_text()
-
-
-def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = raw
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override '{key}': '{part}' is a value, not a group")
-        node = child
-    node[parts[-1]] = value
-
-
-def build_group(cls: type, raw: Any, prefix: str) -> Any:
-    """A config dataclass from plain data; errors name ``prefix`` + the key."""
-    where = prefix.rstrip(".") or "config"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(raw) - set(names))
-    if unknown:
-        raise ConfigError(
-            f"unknown config key '{prefix}{unknown[0]}' (known in {where}: {', '.join(names)})"
-        )
-    kwargs: dict[str, Any] = {}
-    for name in names:
-        if name not in raw:
-            continue
-        tp = hints[name]
-        key = f"{prefix}{name}"
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = build_group(tp, raw[name], prefix=f"{key}.")
-        else:
-            kwargs[name] = _coerce(raw[name], tp, key)
-    return cls(**kwargs)
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin is Literal:
-        if value in args and type(value) in {type(a) for a in args}:
-            return value
-        raise ConfigError(f"{key}={value!r}: must be one of {', '.join(map(repr, args))}")
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0] if errors else f"{key}: cannot be {value!r}")
-    if origin is list:
-        if not isinstance(value, list):
-            value = [value]
-        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(tp):
-        return build_group(tp, value, prefix=f"{key}.")
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
-        try:
-            return float(value)  # YAML 1.1 reads "1e-5" as a string
-        except ValueError:
-            pass
-    if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
-        return value
-    raise ConfigError(f"{key}={value!r}: expected {tp.__name__}, got {type(value).__name__}")

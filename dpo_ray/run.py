@@ -18,7 +18,8 @@ import ray
 import ray.data
 
 from dpo_ray import faults
-from dpo_ray.config import Config, resolve_paths
+from dpo_ray.config import Config
+from dpo_ray.config_load import resolve_paths
 from dpo_ray.console import start_ray
 from dpo_ray.data.stage import prepare_pairs
 from dpo_ray.outputs import local_output, write_outputs

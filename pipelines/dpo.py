@@ -9,7 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from dpo_ray.config import Config, ConfigError, load_config
+from dpo_ray.config import Config, ConfigError
+from dpo_ray.config_load import load_config
 from dpo_ray.config_help import format_help, sections
 from dpo_ray.data.parse import DataError
 from dpo_ray.preflight import preflight

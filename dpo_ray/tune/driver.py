@@ -26,7 +26,8 @@ import yaml
 from ray import tune
 from ray.train.v2.api.callback import UserCallback
 
-from dpo_ray.config import Config, ConfigError, resolve_paths
+from dpo_ray.config import Config, ConfigError
+from dpo_ray.config_load import resolve_paths
 from dpo_ray.paths import atomic_write, is_remote
 from dpo_ray.console import start_ray
 from dpo_ray.run import Prepared, precompute_reference, prepare_datasets, run

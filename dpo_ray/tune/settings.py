@@ -13,7 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from dpo_ray.config import Config, ConfigError, build_group, from_dict, parse_overrides, read_yaml, set_dotted
+from dpo_ray.config import Config, ConfigError
+from dpo_ray.config_load import build_group, from_dict, parse_overrides, read_yaml, set_dotted
 
 DOMAINS = ("loguniform", "uniform", "randint", "choice", "grid")
 """loguniform/uniform: [low, high]; randint: [low, high] inclusive; choice/grid: a list of values."""
