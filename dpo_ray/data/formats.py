@@ -15,7 +15,7 @@ Pure ring: no Ray import. Formats (TRL's names where TRL has them):
 
 A normalised row keeps texts as strings: message lists travel JSON-encoded with ``kind="messages"``;
 a string transcript split by the common prefix has ``kind="implicit"`` (tokenization moves the cut
-to a token boundary, see tokenization.py).
+to a token boundary, see data/tokenize.py).
 """
 
 from __future__ import annotations

@@ -241,7 +241,7 @@ class TokenizeRows:
         return {k: _column(v) for k, v in out.items()}
 
     def _ids(self, row: dict[str, str]) -> tuple[Any, str]:
-        """Token ids of one valid row (tokenization.py); a str in place of ids is a drop reason."""
+        """Token ids of one valid row (data/tokenize.py); a str in place of ids is a drop reason."""
         if row["kind"] == "messages":
             pair = self.pairs.chat(*(json.loads(row[k]) for k in ("prompt", "chosen", "rejected")))
             if pair is None:

@@ -14,7 +14,7 @@ def build_ds_config(train: TrainConfig, hidden_size: int | None = None) -> dict[
     """ZeRO stage, batch arithmetic, clipping and precision for deepspeed.initialize.
 
     The optimizer and scheduler are passed to deepspeed.initialize as torch objects, so no
-    "optimizer" section: DeepSpeed then needs no JIT-built FusedAdam (see RAY-DEEPSPEED-NOTES.md).
+    "optimizer" section: DeepSpeed then needs no JIT-built FusedAdam (DeepSpeed builds FusedAdam's extension at first use).
     With the model's ``hidden_size``, ZeRO-3's buffers scale with the model as the HF Trainer's
     "auto" values do (reduce bucket hidden^2, prefetch 0.9 hidden^2, persistence 10 hidden), floored at
     MIN_BUCKET elements; DeepSpeed's defaults (a 5e8-element reduce bucket, 1.9 GiB in fp32, on

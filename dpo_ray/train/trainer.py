@@ -29,8 +29,8 @@ TOKEN_COLUMNS = ["row_id", "prompt_ids", "chosen_ids", "rejected_ids", "mixture"
 
 
 # How often Ray Train's controller polls each worker; it takes one report a poll, and a worker's
-# ray.train.report blocks until its previous report was taken. At Ray's default (2.0 s) a run that
-# logs every 0.2 s trains at a tenth of its speed; a poll is one small actor call. An env var set by the
+# ray.train.report blocks until its previous report was taken. At Ray's default (every 2 s) a run that
+# reports more often than that waits on the poll; a poll is one small actor call. An env var set by the
 # user wins; Ray passes it on to the controller (ray.train.v2 ENV_VARS_TO_PROPAGATE).
 POLL_ENV, POLL_SECONDS = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1"
 
@@ -53,10 +53,9 @@ def deterministic_shuffle(ds: ray.data.Dataset, seed: int, drop: tuple[str, ...]
     """Shuffle by sorting on a seeded hash of each row id: the same order in every run, whatever
     the block layout upstream (Ray's random_shuffle depends on it), so restarts replay exactly.
 
-    The sort uses Ray's task-based pull shuffle: 0.4-0.6 s for 2,700 quickstart pairs where Ray
-    2.60's default (SHUFFLE_V2, hash-shuffle actors) took 3.7-5.1 s and slowed the next dataset by
-    1 s (measured on the 2-core machine); a preference set's few thousand to a million rows are
-    well within the task-based sort's range."""
+    The sort uses Ray's task-based pull shuffle rather than Ray 2.60's default (hash-shuffle actors),
+    which is several times slower at a preference set's size and slows the next dataset too
+    (bench/PROFILE.md); a few thousand to a million rows are well within the task-based sort's range."""
     keyed = ds.map_batches(add_order_key, fn_kwargs={"seed": seed}, batch_format="numpy")
     # Not the process's DataContext: the copy a dataset chain takes when it is read, shared by every
     # dataset derived from it, so this chain's shuffles (this sort is its only one) use the pull shuffle.
