@@ -26,6 +26,7 @@ from dpo_ray.config import Config, ConfigError
 from dpo_ray.data.parse import DataError, expand_paths, source_kind
 from dpo_ray.outputs import refuse_finished_run
 from dpo_ray.paths import is_remote, looks_like_hub_id
+from dpo_ray.train.checkpoint import find_checkpoint
 from dpo_ray.tune.settings import TuneSettings, apply_params, domain_values
 
 VOCAB_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model")
@@ -67,45 +68,6 @@ def preflight_sweep(base: Config, settings: TuneSettings) -> None:
                     preflight(apply_params(base_raw, {key: value}))
                 except (ConfigError, DataError) as err:
                     raise type(err)(f"tune.search_space.{key}: value {value!r}: {err}") from None
-
-
-def find_checkpoint(path: str) -> str:
-    """train.resume_from: a checkpoint folder, or a run's output_dir (its newest training checkpoint)."""
-    root = Path(path).expanduser().resolve()
-    if not root.is_dir():
-        raise ConfigError(f"train.resume_from={path}: no such directory; give the output_dir of a stopped run "
-                          "(or one of its ray/*/checkpoint_* folders)")
-    if (root / "run_state.json").exists():
-        return str(root)
-    found = latest_checkpoint(root)
-    if found is None:
-        raise ConfigError(f"train.resume_from={path}: no checkpoint found (looked for ray/*/checkpoint_*/run_state.json); "
-                          "was the run started with train.checkpoint_every?")
-    return str(found)
-
-
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    """The newest training checkpoint (one with run_state.json) Ray Train registered under
-    ``<output_dir>/ray``, or None.
-
-    Each run folder's checkpoint_manager_snapshot.json (Ray Train 2.60's record, rewritten when the
-    controller registers a checkpoint) lists the ones it kept: a checkpoint folder written when the
-    run was stopped, before Ray registered it, may miss a rank's files and is not used. A finished
-    run's last checkpoint holds the model, not the training state: the one before it is taken. A run
-    folder without that record counts each of its checkpoint folders."""
-    candidates = []
-    for run_dir in (p for p in output_dir.glob("ray/*") if p.is_dir()):
-        snapshot = run_dir / "checkpoint_manager_snapshot.json"
-        if snapshot.is_file():
-            try:
-                kept = json.loads(snapshot.read_text()).get("checkpoint_results") or []
-            except json.JSONDecodeError:  # cut short when the run was killed: nothing registered to trust
-                kept = []
-            names = [r["checkpoint_dir_name"] for r in kept if "checkpoint_dir_name" in r]
-        else:
-            names = [p.name for p in run_dir.glob("checkpoint_*")]
-        candidates += [run_dir / n / "run_state.json" for n in names if (run_dir / n / "run_state.json").is_file()]
-    return max(candidates, key=lambda p: p.stat().st_mtime).parent if candidates else None
 
 
 def check_model(name_or_path: str, revision: str | None, trust_remote_code: bool = False) -> None:

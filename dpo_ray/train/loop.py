@@ -1,7 +1,9 @@
 """train_loop_per_worker: one DeepSpeed rank of the DPO trainer.
 
-Worker ring: the only module that touches ray.train.get_dataset_shard, report and the context.
-Everything arrives through ``train_loop_config``; the typed config is rebuilt on the first line.
+Worker ring: with train/checkpoint.py (save, restore), the only module that touches
+ray.train.get_dataset_shard, report and the context. Everything arrives through
+``train_loop_config``; the typed config is rebuilt on the first line. Which pairs a rank sees at
+each step is dpo_ray.train.order's (micro_batches, EvalShard).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import resource
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,46 +24,86 @@ import torch
 import torch.distributed as dist
 from transformers import get_scheduler
 
-from dpo_ray.config import Config, from_dict
+from dpo_ray.config import Config
+from dpo_ray.config_load import from_dict
 from dpo_ray.faults import fires_once
 from dpo_ray.train.ds_config import build_ds_config
 from dpo_ray.train.metrics import SUM_FIELDS, finalize, metric_sums
 from dpo_ray.modeling import add_lora, load_model, load_tokenizer, resolve_dtype
+from dpo_ray.train.checkpoint import RunState, restore, save_checkpoint
 from dpo_ray.train.objective import batch_objective
+from dpo_ray.train.order import EvalShard, micro_batches
 from dpo_ray.train.stopping import Stopper
 
 WARMUP_STEPS = 2  # steps left out of perf/steady_*: allocator and DeepSpeed warm-up, first buckets
 SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 
 
-@dataclass
-class RunState:
-    """What a checkpoint carries besides DeepSpeed's model, optimizer and scheduler state."""
-
-    step: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    train_seconds: float = 0.0
-    pairs_done: int = 0
-    tokens_done: int = 0
-    token_slots_done: int = 0
-    """Tokens computed including padding (perf/pad_fraction = 1 - tokens_done / token_slots_done)."""
-    first_step_at: float = 0.0
-    first_step_time: float = 0.0
-    """Wall-clock (Unix) time at which step 1 ended: a bench measures time to first step from its launch."""
-    steady_seconds: float = 0.0
-    steady_pairs: int = 0
-    steady_tokens: int = 0
-    """Over the steps after the first WARMUP_STEPS: each step's whole wall time (forward, backward,
-    optimizer, all-reduces, metrics and the report barrier; not eval or checkpoints), its pairs and
-    real tokens. train_seconds times the step's compute and all-reduces only."""
-    stopper: dict[str, Any] = field(default_factory=dict)
-    """Early-stopping and skip counters (Stopper's fields other than the config), filled at save time."""
-
-
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Join the worker group, build the engine, restore a checkpoint, evaluate at step 0, then per
+    step: train, count, log, evaluate, checkpoint, stop; finally export the model and figures."""
     cfg = from_dict(loop_config["config"])
     steps, steps_per_epoch = int(loop_config["total_steps"]), int(loop_config["steps_per_epoch"])
     deepspeed = _import_deepspeed(cfg.train.use_gpu)
+    rank, world, device = _join_worker_group(cfg)
+    loop_start = time.perf_counter()
+    worker_nodes: list[Any] = [None] * world  # Ray node id of each rank, in rank order: placement shows in metrics.json
+    dist.all_gather_object(worker_nodes, ray.get_runtime_context().get_node_id())
+    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.revision, cfg.model.trust_remote_code)
+    pad_id = tokenizer.pad_token_id
+    engine, scheduler = _build_engine(deepspeed, cfg, steps)
+
+    state = restore(engine, rank, loop_config.get("resume_path"))
+    stopper = Stopper(cfg.train, **state.stopper)
+    train_batches = micro_batches(ray.train.get_dataset_shard("train"), cfg, rank, world, steps_per_epoch, state.step)
+    eval_shard = EvalShard(ray.train.get_dataset_shard("eval"), cfg.train.micro_batch_size, rank, world)
+
+    if state.step == 0:
+        _log(engine, state, stopper, rank, _evaluate(engine, eval_shard, cfg, pad_id, device), step=0)
+    stop_reason = "epochs" if cfg.train.epochs is not None else "max_steps"
+    faults = loop_config.get("faults", {})
+    for step in range(state.step + 1, steps + 1):
+        t0 = _now(device)
+        sums, tokens = _train_step(engine, train_batches, cfg, pad_id, device)
+        real_tokens = _count_step(state, step, cfg.train.batch_size, tokens, t0, loop_start, device)
+        train_metrics = finalize(sums, "train/")
+        grad_norm = engine.get_global_grad_norm()
+        grad_norm = float(grad_norm) if grad_norm is not None else 0.0
+        stop = stopper.after_step(train_metrics["train/loss"], grad_norm)
+        metrics: dict[str, Any] = {}
+        if step % cfg.train.logging_steps == 0 or step == steps or stop:
+            metrics = _logged_train_metrics(train_metrics, grad_norm, stopper, scheduler, epoch=step / steps_per_epoch)
+        if stop == "non_finite":
+            state.history.append({"step": float(step), **metrics})
+            _report_failure(rank, state.history, step)  # the weights may hold NaN now: export nothing
+            return
+        not_training = 0.0  # eval and checkpoint seconds, left out of the step's wall time
+        if step % cfg.train.eval_every == 0 or step == steps or stop:
+            t_eval = _now(device)
+            metrics.update(_evaluate(engine, eval_shard, cfg, pad_id, device))
+            stop = stop or stopper.after_eval(metrics)
+            not_training += _now(device) - t_eval
+        checkpoint = cfg.train.checkpoint_every is not None and step % cfg.train.checkpoint_every == 0 and step < steps
+        if metrics or checkpoint:
+            t_log = _now(device)
+            _log(engine, state, stopper, rank, metrics, step, checkpoint=checkpoint)
+            not_training += (_now(device) - t_log) if checkpoint else 0.0
+        if step > WARMUP_STEPS:  # steady state: the step's whole wall time (metrics, logging barrier included)
+            state.steady_seconds += _now(device) - t0 - not_training
+            state.steady_pairs += cfg.train.batch_size
+            state.steady_tokens += real_tokens
+        if rank == world - 1 and fires_once(faults, "train", step):  # the test switch (dpo_ray.faults)
+            os._exit(1)
+        if stop:
+            stop_reason = stop
+            break
+
+    perf = _perf_figures(state, device, world, worker_nodes)
+    _export(engine, tokenizer, cfg, rank, state.history, {**perf, "stop_reason": stop_reason})
+
+
+def _join_worker_group(cfg: Config) -> tuple[int, int, torch.device]:
+    """This worker's rank, the world size and its device; torch threads and seed from the config."""
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(cfg.train.cpus_per_worker)
@@ -70,12 +111,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    loop_start = time.perf_counter()
-    worker_nodes: list[Any] = [None] * world  # Ray node id of each rank, in rank order: placement shows in metrics.json
-    dist.all_gather_object(worker_nodes, ray.get_runtime_context().get_node_id())
+    return rank, world, device
 
-    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.revision, cfg.model.trust_remote_code)
-    pad_id = tokenizer.pad_token_id
+
+def _build_engine(deepspeed: Any, cfg: Config, steps: int) -> tuple[Any, Any]:
+    """The policy (with LoRA when model.lora.r > 0), AdamW and the LR schedule inside a DeepSpeed
+    engine; returns the engine and the scheduler."""
     dtype = resolve_dtype(cfg.model.dtype, on_gpu=cfg.train.use_gpu, bf16=cfg.train.bf16)
     model = load_model(cfg.model.name_or_path, revision=cfg.model.revision, dtype=dtype,
                        disable_dropout=cfg.model.disable_dropout, trust_remote_code=cfg.model.trust_remote_code)
@@ -92,76 +133,46 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     engine, _, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=build_ds_config(cfg.train, getattr(model.config, "hidden_size", None))
     )
+    return engine, scheduler
 
-    state = _restore(engine, rank, loop_config.get("resume_path"))
-    stopper = Stopper(cfg.train, **state.stopper)
-    train_batches = micro_batches(ray.train.get_dataset_shard("train"), cfg, rank, world, steps_per_epoch, state.step)
-    eval_shard = EvalShard(ray.train.get_dataset_shard("eval"), cfg.train.micro_batch_size, rank, world)
 
-    def log(metrics: dict[str, Any], step: int, checkpoint: bool = False) -> None:
-        state.history.append({"step": float(step), **metrics})
-        if checkpoint:
-            state.stopper = {"best": stopper.best, "evals_without_improvement": stopper.evals_without_improvement,
-                             "skipped_steps": stopper.skipped_steps}
-            _save_checkpoint(engine, state, rank, state.history[-1])
-        else:
-            ray.train.report(state.history[-1])  # a barrier: every rank reports on the same steps
+def _log(engine: Any, state: RunState, stopper: Stopper, rank: int, metrics: dict[str, Any], step: int,
+         checkpoint: bool = False) -> None:
+    """Add the step's metrics to the history and report them, with a checkpoint when asked."""
+    state.history.append({"step": float(step), **metrics})
+    if checkpoint:
+        state.stopper = {"best": stopper.best, "evals_without_improvement": stopper.evals_without_improvement,
+                         "skipped_steps": stopper.skipped_steps}
+        save_checkpoint(engine, state, rank, state.history[-1])
+    else:
+        ray.train.report(state.history[-1])  # a barrier: every rank reports on the same steps
 
-    if state.step == 0:
-        log(_evaluate(engine, eval_shard, cfg, pad_id, device), step=0)
-    stop_reason = "epochs" if cfg.train.epochs is not None else "max_steps"
-    faults = loop_config.get("faults", {})
-    for step in range(state.step + 1, steps + 1):
-        t0 = _now(device)
-        sums, tokens = _train_step(engine, train_batches, cfg, pad_id, device)
-        dist.all_reduce(sums)
-        dist.all_reduce(tokens)
-        state.step = step
-        real_tokens = int(tokens[0].item())
-        state.train_seconds += _now(device) - t0
-        state.pairs_done += cfg.train.batch_size
-        state.tokens_done += real_tokens
-        state.token_slots_done += int(tokens[1].item())
-        if step == 1:
-            state.first_step_at = time.perf_counter() - loop_start
-            state.first_step_time = time.time()
-        train_metrics = finalize(sums, "train/")
-        grad_norm = engine.get_global_grad_norm()
-        grad_norm = float(grad_norm) if grad_norm is not None else 0.0
-        stop = stopper.after_step(train_metrics["train/loss"], grad_norm)
-        metrics: dict[str, Any] = {}
-        if step % cfg.train.logging_steps == 0 or step == steps or stop:
-            metrics.update(train_metrics)
-            metrics["train/grad_norm"] = grad_norm
-            metrics["train/skipped_steps"] = float(stopper.skipped_steps)
-            metrics["train/learning_rate"] = float(scheduler.get_last_lr()[0])
-            metrics["train/epoch"] = step / steps_per_epoch  # the driver prints the progress line (dpo_ray/screen.py)
-        if stop == "non_finite":
-            state.history.append({"step": float(step), **metrics})
-            _report_failure(rank, state.history, step)  # the weights may hold NaN now: export nothing
-            return
-        not_training = 0.0  # eval and checkpoint seconds, left out of the step's wall time
-        if step % cfg.train.eval_every == 0 or step == steps or stop:
-            t_eval = _now(device)
-            metrics.update(_evaluate(engine, eval_shard, cfg, pad_id, device))
-            stop = stop or stopper.after_eval(metrics)
-            not_training += _now(device) - t_eval
-        checkpoint = cfg.train.checkpoint_every is not None and step % cfg.train.checkpoint_every == 0 and step < steps
-        if metrics or checkpoint:
-            t_log = _now(device)
-            log(metrics, step, checkpoint=checkpoint)
-            not_training += (_now(device) - t_log) if checkpoint else 0.0
-        if step > WARMUP_STEPS:  # steady state: the step's whole wall time (metrics, logging barrier included)
-            state.steady_seconds += _now(device) - t0 - not_training
-            state.steady_pairs += cfg.train.batch_size
-            state.steady_tokens += real_tokens
-        if rank == world - 1 and fires_once(faults, "train", step):  # the test switch (dpo_ray.faults)
-            os._exit(1)
-        if stop:
-            stop_reason = stop
-            break
 
-    perf = {
+def _count_step(state: RunState, step: int, batch_size: int, tokens: torch.Tensor, t0: float, loop_start: float,
+                device: torch.device) -> int:
+    """Add the finished step to the run's counters; returns its real (non-pad) tokens."""
+    state.step = step
+    real_tokens = int(tokens[0].item())
+    state.train_seconds += _now(device) - t0
+    state.pairs_done += batch_size
+    state.tokens_done += real_tokens
+    state.token_slots_done += int(tokens[1].item())
+    if step == 1:
+        state.first_step_at = time.perf_counter() - loop_start
+        state.first_step_time = time.time()
+    return real_tokens
+
+
+def _logged_train_metrics(train_metrics: dict[str, float], grad_norm: float, stopper: Stopper, scheduler: Any,
+                          epoch: float) -> dict[str, Any]:
+    """A logging step's train/ metrics (the driver prints the progress line, dpo_ray/screen.py)."""
+    return {**train_metrics, "train/grad_norm": grad_norm, "train/skipped_steps": float(stopper.skipped_steps),
+            "train/learning_rate": float(scheduler.get_last_lr()[0]), "train/epoch": epoch}
+
+
+def _perf_figures(state: RunState, device: torch.device, world: int, worker_nodes: list[Any]) -> dict[str, Any]:
+    """The run's perf/ and placement/ figures for metrics.json (memory: a collective)."""
+    return {
         **_memory_figures(device),
         "perf/pairs_per_second": state.pairs_done / state.train_seconds,
         "perf/tokens_per_second": state.tokens_done / state.train_seconds,
@@ -176,38 +187,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         "train/steps": float(state.step),
         "train/pairs_seen": float(state.pairs_done),
     }
-    _export(engine, tokenizer, cfg, rank, state.history, {**perf, "stop_reason": stop_reason})
-
-
-def _save_checkpoint(engine: Any, state: RunState, rank: int, metrics: dict[str, Any]) -> None:
-    """Every rank writes its DeepSpeed shards (model, optimizer, scheduler) and RNG; rank 0 the run
-    state. Ray merges the ranks' folders into one checkpoint."""
-    with tempfile.TemporaryDirectory() as tmp:
-        engine.save_checkpoint(tmp, tag="deepspeed")  # collective
-        torch.save(torch.get_rng_state(), os.path.join(tmp, f"rng_rank{rank}.pt"))
-        if rank == 0:
-            with open(os.path.join(tmp, "run_state.json"), "w") as f:
-                json.dump(asdict(state), f)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-
-
-def _restore(engine: Any, rank: int, resume_path: str | None) -> RunState:
-    """Load the latest Ray checkpoint (a restarted worker group) or ``resume_path`` (train.resume_from)."""
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None and resume_path:
-        checkpoint = ray.train.Checkpoint.from_directory(resume_path)
-    if checkpoint is None:
-        return RunState()
-    with checkpoint.as_directory() as path:
-        engine.load_checkpoint(path, tag="deepspeed")
-        rng = os.path.join(path, f"rng_rank{rank}.pt")
-        if os.path.exists(rng):
-            torch.set_rng_state(torch.load(rng, weights_only=True))
-        with open(os.path.join(path, "run_state.json")) as f:
-            state = RunState(**json.load(f))
-    if rank == 0:
-        print(f"[dpo_ray] resumed at step {state.step}", flush=True)
-    return state
 
 
 def _import_deepspeed(use_gpu: bool) -> Any:
@@ -224,64 +203,10 @@ def _import_deepspeed(use_gpu: bool) -> Any:
     return deepspeed
 
 
-def micro_batches(
-    dataset: Any, cfg: Config, rank: int, world: int, steps_per_epoch: int, start_step: int
-) -> Iterator[dict[str, np.ndarray]]:
-    """Endless micro-batches for this rank, the same stream whatever the worker count.
-
-    Every rank reads the whole (unsplit, deterministically shuffled) train set in the same order;
-    from the second epoch on, micro-batches are permuted within windows by a seeded RNG, the same
-    on every rank. Global step s of an epoch covers micro-batches [s * A * W, (s + 1) * A * W)
-    (A accumulation steps, W workers) and rank r takes those with index = r mod W. So a global batch
-    is the same pairs for 1 or 2 workers, and a resumed run starts exactly after the last completed
-    step: no pair repeated or skipped.
-    """
-    per_step = cfg.train.gradient_accumulation_steps() * world
-    step = start_step
-    while True:
-        epoch, in_epoch = divmod(step, steps_per_epoch)
-        first, end = in_epoch * per_step, steps_per_epoch * per_step
-        if cfg.train.group_by_length:
-            batches = _length_grouped(dataset, cfg.train.micro_batch_size, cfg.train.length_group_window,
-                                      np.random.default_rng([cfg.train.seed, epoch]))
-        else:
-            batches = dataset.iter_batches(batch_size=cfg.train.micro_batch_size, batch_format="numpy", drop_last=True)
-            if epoch > 0:
-                batches = _window_shuffle(batches, np.random.default_rng(cfg.train.seed + epoch), window=32)
-        for index, batch in enumerate(batches):
-            if index >= end:
-                break
-            if index >= first and index % world == rank:
-                yield batch
-        step = (epoch + 1) * steps_per_epoch
-
-
-def _length_grouped(dataset: Any, micro: int, window: int, rng: np.random.Generator) -> Iterator[dict[str, np.ndarray]]:
-    """Micro-batches of similar length: each window of ``window`` micro-batches' pairs (in the
-    seeded train order) is sorted by padded width and cut into micro-batches, which are then
-    permuted (seeded). A partial micro-batch at the end of the epoch is dropped."""
-    for block in dataset.iter_batches(batch_size=micro * window, batch_format="numpy"):
-        n = len(block["row_id"]) // micro * micro
-        widths = [len(p) + max(len(c), len(r)) for p, c, r in zip(block["prompt_ids"][:n], block["chosen_ids"][:n], block["rejected_ids"][:n])]
-        order = np.argsort(np.asarray(widths), kind="stable")
-        cuts = [order[i:i + micro] for i in range(0, n, micro)]
-        for j in rng.permutation(len(cuts)):
-            yield {k: v[cuts[j]] for k, v in block.items()}
-
-
-def _window_shuffle(batches: Iterator[Any], rng: np.random.Generator, window: int) -> Iterator[Any]:
-    """Permute consecutive windows of micro-batches (deterministic for a given rng seed)."""
-    buffer: list[Any] = []
-    for batch in batches:
-        buffer.append(batch)
-        if len(buffer) == window:
-            yield from (buffer[i] for i in rng.permutation(window))
-            buffer = []
-    yield from (buffer[i] for i in rng.permutation(len(buffer)))
-
-
-def _train_step(engine: Any, batches: Iterator[dict[str, np.ndarray]], cfg: Config, pad_id: int, device: torch.device):
-    """One optimizer step = gradient_accumulation_steps micro-batches; returns local metric sums."""
+def _train_step(engine: Any, batches: Iterator[dict[str, np.ndarray]], cfg: Config, pad_id: int,
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step = gradient_accumulation_steps micro-batches; returns the metric sums and
+    (real tokens, token slots), all-reduced over the ranks."""
     sums = torch.zeros(len(SUM_FIELDS), dtype=torch.float64, device=device)
     tokens = torch.zeros(2, dtype=torch.int64, device=device)  # real tokens, token slots (pads included)
     for _ in range(cfg.train.gradient_accumulation_steps()):
@@ -292,41 +217,20 @@ def _train_step(engine: Any, batches: Iterator[dict[str, np.ndarray]], cfg: Conf
         sums += metric_sums(out.result, out.stats, beta=cfg.loss.beta)
         tokens[0] += out.num_tokens
         tokens[1] += out.padded_tokens
+    dist.all_reduce(sums)
+    dist.all_reduce(tokens)
     return sums, tokens
-
-
-class EvalShard:
-    """This rank's eval micro-batches (r, r + W, ...), the first micro-batch and their count, read
-    from the eval dataset at the first eval and kept for the later ones: each read re-ran the Ray
-    Data pipeline, about 1 s an eval on the 2-core machine. Holds 1/W of the eval set's token ids."""
-
-    def __init__(self, dataset: Any, micro_batch_size: int, rank: int, world: int) -> None:
-        self._dataset, self._micro, self._rank, self._world = dataset, micro_batch_size, rank, world
-        self._read: tuple[list[dict[str, np.ndarray]], dict[str, np.ndarray] | None, int] | None = None
-
-    def batches(self) -> tuple[list[dict[str, np.ndarray]], dict[str, np.ndarray] | None, int]:
-        if self._read is None:
-            mine, first, total = [], None, 0
-            for index, batch in enumerate(self._dataset.iter_batches(batch_size=self._micro, batch_format="numpy")):
-                first = batch if first is None else first
-                total = index + 1
-                if index % self._world == self._rank:
-                    mine.append(batch)
-            self._read = (mine, first, total)
-        return self._read
 
 
 @torch.no_grad()
 def _evaluate(engine: Any, shard: EvalShard, cfg: Config, pad_id: int, device: torch.device) -> dict[str, float]:
     """Every eval pair exactly once: rank r takes micro-batches r, r + W, ...; ranks with one batch
     fewer run a forward they do not count, so every rank runs as many forwards (ZeRO-3 gathers)."""
-    world = dist.get_world_size()
     engine.eval()
     names = [s.name for s in cfg.data.sources]
     sums = torch.zeros(1 + len(names), len(SUM_FIELDS), dtype=torch.float64, device=device)  # all, then per source
-    mine, first, total = shard.batches()
-    rounds = -(-total // world)  # ceil
-    for i in range(rounds):
+    mine, first, _ = shard.batches()
+    for i in range(shard.rounds()):
         counted = i < len(mine)
         out = batch_objective(engine, mine[i] if counted else first, cfg.loss, pad_id=pad_id, device=device,
                               chunk_size=cfg.train.logps_chunk_size)
