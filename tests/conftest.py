@@ -1,17 +1,62 @@
-"""Shared fixtures: a tiny model saved to disk (loaded via from_pretrained, as a hub id is) and data."""
+"""Shared fixtures: a tiny model saved to disk (loaded via from_pretrained, as a hub id is) and data; the
+tiers: a test's folder (tests/unit|ray|e2e) gives its marker, and a unit-only session fails if Ray was imported."""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _pytest.mark.expression import Expression
 
 from dpo_ray.toy import build_tiny_model, make_preference_rows
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-REPO = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+TIERS = ("unit", "ray", "e2e")
+# Tests in tests/<tier>/ import the helpers beside this file (conftest, _cluster, _chat_families) by name.
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
+_UNIT_ONLY = pytest.StashKey[bool]()
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Under `-m unit` leave tests/ray and tests/e2e uncollected: importing them loads Ray (and costs seconds)."""
+    if collection_path.parent != TESTS or collection_path.name not in TIERS or not config.option.markexpr:
+        return None
+    # pytest's own -m parser (what deselection evaluates); a tier folder's tests carry its marker, maybe `slow`
+    expr = Expression.compile(config.option.markexpr)
+    tier = collection_path.name
+    return not any(expr.evaluate(lambda name, /, **kw: name in marks) for marks in ({tier}, {tier, "slow"})) or None
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects: the folder's marker must be there to select on
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = item.path.relative_to(TESTS).parts
+        if len(parts) > 1 and parts[0] in TIERS and not any(item.get_closest_marker(t) for t in TIERS):
+            item.add_marker(parts[0])
+
+
+@pytest.hookimpl(trylast=True)  # after -m deselected: `items` is what will run
+def pytest_collection_finish(session: pytest.Session) -> None:
+    unit_only = bool(session.items) and all(i.get_closest_marker("unit") for i in session.items)
+    session.config.stash[_UNIT_ONLY] = unit_only
+    if unit_only and "ray" in sys.modules:
+        raise pytest.UsageError("the unit tier imported Ray while collecting: a tests/unit module (or what it imports) loads ray")
+
+
+@pytest.fixture(autouse=True)
+def _unit_tier_loads_no_ray(request: pytest.FixtureRequest) -> Iterator[None]:
+    """In a unit-only session (`-m unit`, tests/unit), fail the test during which Ray got imported."""
+    before = "ray" in sys.modules
+    yield
+    if request.config.stash.get(_UNIT_ONLY, False) and not before:
+        assert "ray" not in sys.modules, f"{request.node.nodeid} imported Ray: a unit test imports no Ray (move it to tests/ray/)"
 
 
 @pytest.fixture(scope="session")

@@ -18,12 +18,3 @@ def test_pure_module_does_not_import_ray(module: str) -> None:
     code = f"import sys, dpo_ray.{module}; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "False"
-
-
-def test_orchestration_modules_import() -> None:
-    import dpo_ray.run
-    import dpo_ray.tune.driver
-    import dpo_ray.train.loop
-
-    assert callable(dpo_ray.train.loop.train_loop_per_worker)
-    assert callable(dpo_ray.run.run) and callable(dpo_ray.tune.driver.run_sweep)

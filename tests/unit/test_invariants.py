@@ -27,7 +27,7 @@ def conversational(model_dir: str, max_length: int):
 
     from dpo_ray.data.parse import parse_file
 
-    path = Path(__file__).resolve().parent / "fixtures" / "conversational.jsonl"
+    path = Path(__file__).resolve().parents[1] / "fixtures" / "conversational.jsonl"
     rows = parse_file(str(path), path.read_bytes(), fmt="auto", columns={"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"})[:8]
     return TokenizeRows(model_dir, None, max_length, None, "keep_end", 0.1)({k: np.array([r[k] for r in rows]) for k in ROW_FIELDS})
 

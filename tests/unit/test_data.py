@@ -15,7 +15,7 @@ from dpo_ray.data.parse import (
 )
 from dpo_ray.toy import make_preference_rows
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 COLUMNS = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}
 ORIGINAL = make_preference_rows(40, seed=11)  # what make_fixtures.py wrote
 

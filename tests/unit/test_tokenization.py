@@ -1,10 +1,9 @@
 """Tokenization details TRL 1.16 parity needs, on real tokenizers (tests/fixtures/tokenizers); ShareGPT
-rows; the tokenization version in both cache keys. No Ray is started."""
+rows. No Ray (the tokenization version in both cache keys: tests/ray/test_tokenization_keys.py)."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -135,25 +134,3 @@ def test_a_chat_template_that_raises_drops_that_row(family_dirs: dict[str, str])
     tok.chat_template = None  # not the template raising: a tokenizer without one is an error, not a drop
     with pytest.raises(ValueError, match="chat_template"):
         PairTokenizer(tok, jointly=False).chat(user, answers["chosen"], answers["rejected"])
-
-
-# ---------------------------------------------------------------- cache keys
-
-def test_tokenization_version_and_mode_are_in_both_cache_keys(tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    import dpo_ray.run
-    from dpo_ray.config import load_config
-    from dpo_ray.run import reference_key, tokenized_key
-    from dpo_ray.store import DataId
-
-    def keys(*extra: str) -> tuple[str, str]:
-        cfg = load_config(None, [f"model.name_or_path={tiny_model_dir}", f"data.path={pairs_jsonl}", *extra])
-        return tokenized_key(cfg)[0], reference_key(cfg, DataId(rows=10, hash_sum=12345))[0]
-
-    base = keys()
-    assert keys() == base
-    jointly = keys("data.tokenize_jointly=true")
-    monkeypatch.setattr(dpo_ray.run, "TOKENIZE_VERSION", dpo_ray.run.TOKENIZE_VERSION + 1)
-    bumped = keys()
-    # Same ids (the same DataId) under a new tokenization version still miss: old entries are not served.
-    assert all(a != b for a, b in zip(base, jointly)) and all(a != b for a, b in zip(base, bumped))

@@ -93,7 +93,7 @@ def test_bad_input_stops_before_training(name: str, tiny_model_dir: str, tmp_pat
     assert not (out / "model").exists() and not (out / "metrics.json").exists()
 
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SOURCES = {
     "jsonl": ("standard.jsonl", []), "json": ("standard.json", []), "parquet": ("standard.parquet", []),
     "csv": ("standard.csv", []), "glob": ("standard.json*", []), "file_uri": ("file://" + str(FIXTURES / "standard.parquet"), []),

@@ -6,7 +6,7 @@ import pytest
 
 from dpo_ray.config import Config, ConfigError, from_dict, load_config, resolve_paths
 
-CONFIGS = sorted((Path(__file__).resolve().parent.parent / "pipelines" / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "pipelines" / "configs").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
