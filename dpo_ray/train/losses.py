@@ -13,9 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from dpo_ray.config import (  # the names live with the config that validates them
-    F_DIVERGENCE_LOSSES, LABEL_SMOOTHING_LOSSES, LOSS_TYPES, NO_WPO_LOSSES, REFERENCE_FREE,
-)
+from dpo_ray.config import LOSS_TYPES, REFERENCE_FREE, LossConfig  # the names live with the config that validates them
 
 
 @dataclass
@@ -28,9 +26,27 @@ class PreferenceLoss:
     """beta * rho_r."""
 
 
+@dataclass(frozen=True)
+class PairLogps:
+    """The pairs of one batch as ``preference_loss`` takes them; every tensor (B,), log-probs summed
+    over completion tokens (after LD-DPO's ``ld_logps`` when loss.ld_alpha is set)."""
+
+    policy_chosen_logps: torch.Tensor
+    policy_rejected_logps: torch.Tensor
+    ref_chosen_logps: torch.Tensor | None = None
+    """None only for reference-free losses (rho is then the policy log-prob)."""
+    ref_rejected_logps: torch.Tensor | None = None
+    chosen_lengths: torch.Tensor | None = None
+    """|y_c|, completion tokens; None counts 1 (no normalisation), for losses that do not read it."""
+    rejected_lengths: torch.Tensor | None = None
+    pair_weights: torch.Tensor | None = None
+    """Multiplies every preference term, not ``sft`` (e.g. ``wpo_weights``); None is 1."""
+
+
 @dataclass
 class Pairs:
-    """Everything a loss may read, explicit: no hidden state."""
+    """Everything a loss may read, explicit: no hidden state. PairLogps with its Nones filled in,
+    plus the LossConfig numbers under the papers' short names."""
 
     chosen: torch.Tensor  # l_c, policy
     rejected: torch.Tensor  # l_r
@@ -220,56 +236,36 @@ def ld_logps(full: torch.Tensor, prefix: torch.Tensor, alpha: float) -> torch.Te
     return prefix + alpha * (full - prefix)
 
 
-def preference_loss(
-    policy_chosen_logps: torch.Tensor,
-    policy_rejected_logps: torch.Tensor,
-    ref_chosen_logps: torch.Tensor | None,
-    ref_rejected_logps: torch.Tensor | None,
-    *,
-    loss_type: str | list[str],
-    beta: float,
-    label_smoothing: float = 0.0,
-    weights: list[float] | None = None,
-    f_divergence: str = "reverse_kl",
-    f_alpha: float = 0.5,
-    simpo_gamma: float = 0.5,
-    orpo_lambda: float = 0.1,
-    discopop_tau: float = 0.05,
-    chosen_lengths: torch.Tensor | None = None,
-    rejected_lengths: torch.Tensor | None = None,
-    pair_weights: torch.Tensor | None = None,
-) -> PreferenceLoss:
-    """Per-pair losses sum_k w_k L_k and implicit rewards beta * rho.
+def preference_loss(pairs: PairLogps, loss: LossConfig) -> PreferenceLoss:
+    """Per-pair losses sum_k w_k L_k over loss.type (w = loss.loss_weights()) and implicit rewards beta * rho.
 
-    ``ref_*`` may be None only for reference-free losses (rho is then the policy log-prob).
-    ``pair_weights`` (e.g. ``wpo_weights``) multiply every preference term, not ``sft``.
-    Lengths default to 1 (no normalisation) for losses that do not read them.
+    Reads loss.type, weights, beta, label_smoothing, f_divergence, f_alpha, simpo_gamma, orpo_lambda,
+    discopop_tau; loss.wpo and loss.ld_alpha act before, on ``pairs`` (``batch_objective``).
     """
-    types = [loss_type] if isinstance(loss_type, str) else list(loss_type)
-    weights = weights if weights is not None else [1.0] * len(types)
-    zeros = torch.zeros_like(policy_chosen_logps)
-    ones = torch.ones_like(policy_chosen_logps)
-    if ref_chosen_logps is None or ref_rejected_logps is None:
+    types, weights = loss.type, loss.loss_weights()
+    policy_chosen = pairs.policy_chosen_logps
+    zeros, ones = torch.zeros_like(policy_chosen), torch.ones_like(policy_chosen)
+    if pairs.ref_chosen_logps is None or pairs.ref_rejected_logps is None:
         needs_ref = [t for t in types if t not in REFERENCE_FREE]
         if needs_ref:
             raise ValueError(f"loss.type {needs_ref[0]} needs reference log-probs")
     p = Pairs(
-        chosen=policy_chosen_logps, rejected=policy_rejected_logps,
-        ref_chosen=zeros if ref_chosen_logps is None else ref_chosen_logps,
-        ref_rejected=zeros if ref_rejected_logps is None else ref_rejected_logps,
-        chosen_lengths=ones if chosen_lengths is None else chosen_lengths,
-        rejected_lengths=ones if rejected_lengths is None else rejected_lengths,
-        beta=beta, eps=label_smoothing, f_divergence=f_divergence, f_alpha=f_alpha,
-        simpo_gamma=simpo_gamma, orpo_lambda=orpo_lambda, discopop_tau=discopop_tau,
+        chosen=policy_chosen, rejected=pairs.policy_rejected_logps,
+        ref_chosen=zeros if pairs.ref_chosen_logps is None else pairs.ref_chosen_logps,
+        ref_rejected=zeros if pairs.ref_rejected_logps is None else pairs.ref_rejected_logps,
+        chosen_lengths=ones if pairs.chosen_lengths is None else pairs.chosen_lengths,
+        rejected_lengths=ones if pairs.rejected_lengths is None else pairs.rejected_lengths,
+        beta=loss.beta, eps=loss.label_smoothing, f_divergence=loss.f_divergence, f_alpha=loss.f_alpha,
+        simpo_gamma=loss.simpo_gamma, orpo_lambda=loss.orpo_lambda, discopop_tau=loss.discopop_tau,
     )
     total = zeros
     for name, w in zip(types, weights):
         term = single_loss(name, p)
-        if pair_weights is not None and name != "sft":
-            term = term * pair_weights
+        if pairs.pair_weights is not None and name != "sft":
+            term = term * pairs.pair_weights
         total = total + w * term
     return PreferenceLoss(
         losses=total,
-        chosen_rewards=beta * p.rho_c.detach(),
-        rejected_rewards=beta * p.rho_r.detach(),
+        chosen_rewards=loss.beta * p.rho_c.detach(),
+        rejected_rewards=loss.beta * p.rho_r.detach(),
     )

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from dpo_ray.config import LossConfig
 from dpo_ray.train.collate import collate_pairs
 from dpo_ray.data.parse import ROW_FIELDS, TokenizeRows
 from dpo_ray.train.logprobs import forward_sequence_stats, split_pairs
-from dpo_ray.train.losses import preference_loss
+from dpo_ray.train.losses import PairLogps, preference_loss
 from dpo_ray.modeling import load_model
 from dpo_ray.reference.scorer import ReferenceScorer
 
@@ -49,5 +50,5 @@ def test_scorer_equals_trainer_logps_and_loss_is_ln2(kind, tiny_model_dir, token
         ref_r = torch.from_numpy(scored["ref_rejected_logps"][part].astype(np.float32))
         assert torch.allclose(chosen, ref_c, atol=1e-5, rtol=0)
         assert torch.allclose(rejected, ref_r, atol=1e-5, rtol=0)
-        loss = preference_loss(chosen, rejected, ref_c, ref_r, loss_type="sigmoid", beta=0.1).losses.mean()
+        loss = preference_loss(PairLogps(chosen, rejected, ref_c, ref_r), LossConfig(type=["sigmoid"], beta=0.1)).losses.mean()
         assert abs(loss.item() - math.log(2)) < 1e-4

@@ -10,11 +10,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dpo_ray.config import (
-    F_DIVERGENCE_LOSSES, LABEL_SMOOTHING_LOSSES, LOSS_TYPES, NO_WPO_LOSSES, REFERENCE_FREE, ConfigError, load_config,
-)
+from dpo_ray.config import F_DIVERGENCE_LOSSES, LABEL_SMOOTHING_LOSSES, LOSS_TYPES, NO_WPO_LOSSES, REFERENCE_FREE, ConfigError, LossConfig
+from dpo_ray.config_load import load_config
 from dpo_ray.train.logprobs import SequenceStats, sequence_logps, split_pairs
-from dpo_ray.train.losses import ld_logps, preference_loss, wpo_weights
+from dpo_ray.train.losses import PairLogps, ld_logps, preference_loss, wpo_weights
 from dpo_ray.train.metrics import finalize, metric_sums
 
 L3 = math.log(3.0)
@@ -37,8 +36,9 @@ LEN_C, LEN_R = t(2.0, 2.0), t(1.0, 1.0)
 def hand(loss_type: str, **kw: float) -> list[float]:
     ref_free = loss_type in REFERENCE_FREE
     out = preference_loss(
-        POLICY_C, POLICY_R, None if ref_free else REF_C, None if ref_free else REF_R,
-        loss_type=loss_type, beta=0.5, chosen_lengths=LEN_C, rejected_lengths=LEN_R, **kw,
+        PairLogps(POLICY_C, POLICY_R, None if ref_free else REF_C, None if ref_free else REF_R,
+                  chosen_lengths=LEN_C, rejected_lengths=LEN_R),
+        LossConfig(type=[loss_type], beta=0.5, **kw),
     )
     return out.losses.tolist()
 
@@ -105,19 +105,19 @@ def test_every_loss_has_a_hand_worked_case() -> None:
 
 
 def test_rewards_are_beta_rho_and_reference_free_uses_policy() -> None:
-    out = preference_loss(POLICY_C, POLICY_R, REF_C, REF_R, loss_type="sigmoid", beta=0.5)
+    out = preference_loss(PairLogps(POLICY_C, POLICY_R, REF_C, REF_R), LossConfig(type=["sigmoid"], beta=0.5))
     assert out.chosen_rewards.tolist() == pytest.approx([L3, 0.0])
     assert out.rejected_rewards.tolist() == pytest.approx([0.0, L3])
-    free = preference_loss(POLICY_C, POLICY_R, None, None, loss_type="simpo", beta=0.5)
+    free = preference_loss(PairLogps(POLICY_C, POLICY_R), LossConfig(type=["simpo"], beta=0.5))
     assert free.chosen_rewards.tolist() == pytest.approx((0.5 * POLICY_C).tolist())
     with pytest.raises(ValueError, match="needs reference log-probs"):
-        preference_loss(POLICY_C, POLICY_R, None, None, loss_type=["simpo", "sigmoid"], beta=0.5)
+        preference_loss(PairLogps(POLICY_C, POLICY_R), LossConfig(type=["simpo", "sigmoid"], beta=0.5))
 
 
 def test_weighted_sum_of_losses_rpo() -> None:
     # RPO = sigmoid + alpha * sft
-    combined = preference_loss(POLICY_C, POLICY_R, REF_C, REF_R, loss_type=["sigmoid", "sft"], weights=[1.0, 0.5],
-                               beta=0.5, chosen_lengths=LEN_C, rejected_lengths=LEN_R).losses
+    combined = preference_loss(PairLogps(POLICY_C, POLICY_R, REF_C, REF_R, chosen_lengths=LEN_C, rejected_lengths=LEN_R),
+                               LossConfig(type=["sigmoid", "sft"], weights=[1.0, 0.5], beta=0.5)).losses
     expected = [a + 0.5 * b for a, b in zip(HAND_WORKED["sigmoid"][1], HAND_WORKED["sft"][1])]
     assert combined.tolist() == pytest.approx(expected, abs=1e-12)
 
@@ -253,9 +253,10 @@ def test_matches_direct_transcription(name: str, variant: str) -> None:
     weights = wpo_weights(*split_pairs(stats.wpo_logw)) if variant == "wpo" else None
     free = name in REFERENCE_FREE
     ours = preference_loss(
-        lc, lr, None if free else rc, None if free else rr, loss_type=name, beta=0.7, label_smoothing=eps,
-        f_divergence=f, f_alpha=0.5, simpo_gamma=0.3, orpo_lambda=0.2, discopop_tau=0.5,
-        chosen_lengths=nc, rejected_lengths=nr, pair_weights=weights,
+        PairLogps(lc, lr, None if free else rc, None if free else rr, chosen_lengths=nc, rejected_lengths=nr,
+                  pair_weights=weights),
+        LossConfig(type=[name], beta=0.7, label_smoothing=eps, f_divergence=f, f_alpha=0.5, simpo_gamma=0.3,
+                   orpo_lambda=0.2, discopop_tau=0.5),
     ).losses.tolist()
 
     # Transcription: per-token log-probs by hand, loops for masked and prefix sums, then the formula.
@@ -294,10 +295,12 @@ def test_gradcheck(name: str) -> None:
     lengths = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
     eps = 0.1 if name in LABEL_SMOOTHING_LOSSES else 0.0
     free = name in REFERENCE_FREE
+    loss = LossConfig(type=[name], beta=0.4, label_smoothing=eps)
 
     def fn(c: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        return preference_loss(c, r, None if free else ref[0], None if free else ref[1], loss_type=name, beta=0.4,
-                               label_smoothing=eps, chosen_lengths=lengths, rejected_lengths=lengths.flip(0)).losses
+        pairs = PairLogps(c, r, None if free else ref[0], None if free else ref[1],
+                          chosen_lengths=lengths, rejected_lengths=lengths.flip(0))
+        return preference_loss(pairs, loss).losses
 
     assert torch.autograd.gradcheck(fn, policy)
 
@@ -309,10 +312,10 @@ def test_gradcheck(name: str) -> None:
     beta=st.floats(0.01, 2.0), eps=st.floats(0.0, 0.45),
 )
 def test_loss_does_not_increase_as_chosen_ratio_grows(name: str, rho_c: float, rho_r: float, step: float, beta: float, eps: float) -> None:
-    eps = eps if name == "robust" else 0.0
+    config = LossConfig(type=[name], beta=beta, label_smoothing=eps if name == "robust" else 0.0)
 
     def loss(rc: float) -> float:
-        return preference_loss(t(rc), t(rho_r), t(0.0), t(0.0), loss_type=name, beta=beta, label_smoothing=eps).losses.item()
+        return preference_loss(PairLogps(t(rc), t(rho_r), t(0.0), t(0.0)), config).losses.item()
 
     assert loss(rho_c + step) <= loss(rho_c) + 1e-12
 
@@ -346,7 +349,7 @@ def test_reference_free_detection() -> None:
 
 def test_metrics_follow_trl_definitions() -> None:
     # Two pairs: rewards chosen (0.1, 0), rejected (-0.1, 0): accuracies strict -> (1 + 0) / 2.
-    out = preference_loss(t(-1.0, -5.0), t(-3.0, -6.0), t(-2.0, -5.0), t(-2.0, -6.0), loss_type="sigmoid", beta=0.1)
+    out = preference_loss(PairLogps(t(-1.0, -5.0), t(-3.0, -6.0), t(-2.0, -5.0), t(-2.0, -6.0)), LossConfig(type=["sigmoid"], beta=0.1))
     stats = SequenceStats(logps=t(-1.0, -5.0, -3.0, -6.0), num_tokens=t(2, 3, 1, 1), logits_sum=t(2.0, 3.0, 4.0, 6.0),
                           prefix_logps=t(-1.0, -5.0, -3.0, -6.0))
     sums = metric_sums(out, stats, beta=0.1) * 2  # two "workers" with the same batch add up

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from dpo_ray.train.logprobs import SequenceStats
-from dpo_ray.train.losses import preference_loss
+from dpo_ray.config import LossConfig
+from dpo_ray.train.losses import PairLogps, preference_loss
 from dpo_ray.train.metrics import TIE_BAND, finalize, metric_sums, reward_wins
 
 
@@ -33,7 +34,7 @@ def test_step0_accuracy_is_zero_when_reference_sums_differ_in_the_last_bits() ->
     policy = token_logps.sum(-1)
     reference = token_logps.double().sum(-1).float()  # the same numbers, rounded once
     assert (policy != reference).float().mean() > 0.3
-    out = preference_loss(policy[0], policy[1], reference[0], reference[1], loss_type="sigmoid", beta=0.1)
+    out = preference_loss(PairLogps(policy[0], policy[1], reference[0], reference[1]), LossConfig(type=["sigmoid"], beta=0.1))
     stats = SequenceStats(logps=policy.reshape(-1), num_tokens=torch.full((1024,), 40.0),
                           logits_sum=torch.zeros(1024), prefix_logps=policy.reshape(-1))
     strict = (out.chosen_rewards > out.rejected_rewards).float().mean().item()
@@ -46,6 +47,6 @@ def test_step0_accuracy_is_zero_when_reference_sums_differ_in_the_last_bits() ->
 def test_a_real_margin_still_counts() -> None:
     # Chosen log-ratio +0.01 nats above the rejected one on 300-nat pairs: band 0.1 x 2^-18 x 300 ~ 1.1e-4
     # in reward units, margin 0.1 x 0.01 = 1e-3: a win.
-    out = preference_loss(t(-150.0 + 0.01), t(-150.0), t(-150.0), t(-150.0), loss_type="sigmoid", beta=0.1)
+    out = preference_loss(PairLogps(t(-150.0 + 0.01), t(-150.0), t(-150.0), t(-150.0)), LossConfig(type=["sigmoid"], beta=0.1))
     stats = SequenceStats(logps=t(-149.99, -150.0), num_tokens=t(50, 50), logits_sum=t(0, 0), prefix_logps=t(-149.99, -150.0))
     assert finalize(metric_sums(out, stats, beta=0.1))["rewards/accuracies"] == 1.0
