@@ -36,7 +36,7 @@ from common import REPO, RESULTS, scratch_dir, write_result
 
 sys.path.insert(0, str(REPO))
 
-from dpo_ray.config import load_config  # noqa: E402
+from dpo_ray.config_load import load_config  # noqa: E402
 from dpo_ray.run import run  # noqa: E402
 
 METRICS = ("eval/rewards/accuracies", "eval/rewards/margins", "eval/loss")

@@ -27,7 +27,7 @@ import pytest
 
 from _cluster import ray_env
 from conftest import REPO, small_overrides
-from dpo_ray.preflight import latest_checkpoint
+from dpo_ray.train.checkpoint import latest_checkpoint
 from dpo_ray.store import CacheStore
 
 SCRIPTS = {name: str(REPO / "pipelines" / f"{name}.py") for name in ("dpo", "precompute_ref", "sweep")}

@@ -20,7 +20,8 @@ import pytest
 import yaml
 
 from conftest import REPO, small_overrides
-from dpo_ray.config import ModelConfig, load_config
+from dpo_ray.config import ModelConfig
+from dpo_ray.config_load import load_config
 
 pytestmark = pytest.mark.e2e
 FAKE_SECRETS = {

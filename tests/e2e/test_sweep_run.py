@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, small_overrides
-from dpo_ray.config import load_config
+from dpo_ray.config_load import load_config
 
 SCRIPT = str(REPO / "pipelines" / "sweep.py")
 

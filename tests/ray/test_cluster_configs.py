@@ -23,7 +23,7 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 from conftest import REPO
-from dpo_ray.config import load_config
+from dpo_ray.config_load import load_config
 
 CLUSTER = REPO / "cluster"
 LAUNCHERS = ["aws.yaml", "gcp.yaml"]

@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import small_overrides
-from dpo_ray.config import load_config
+from dpo_ray.config_load import load_config
 from dpo_ray.faults import FAULTS_ENV
 from dpo_ray.data.parse import DataError
 from dpo_ray.run import run
@@ -103,7 +103,7 @@ SOURCES = {
 
 
 def test_every_source_kind_through_ray_data(tiny_model_dir: str) -> None:
-    from dpo_ray.run import read_rows, tokenize
+    from dpo_ray.data.stage import read_rows, tokenize
 
     def tokenized(path: str, extra: list[str]):
         cfg = load_config(None, [f"model.name_or_path={tiny_model_dir}", f"data.path={path}", "data.max_length=96", *extra])
@@ -133,7 +133,7 @@ def test_train_controller_polls_often_unless_the_user_set_it(tiny_model_dir: str
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """Ray Train takes one report a worker per controller poll (default every 2 s): a run that logs
     more often than that waits on it. build_trainer shortens the interval, and leaves a user's own."""
-    from dpo_ray.run import POLL_ENV, POLL_SECONDS, build_trainer
+    from dpo_ray.train.trainer import POLL_ENV, POLL_SECONDS, build_trainer
 
     cfg = load_config(None, small_overrides(tiny_model_dir, pairs_jsonl, str(tmp_path / "run")))
     ds = ray.data.range(2)
@@ -148,12 +148,12 @@ def test_train_controller_polls_often_unless_the_user_set_it(tiny_model_dir: str
 def test_reference_free_run_skips_reference_reports_drops_and_duplicates_do_not_stop_it(
     tiny_model_dir: str, pair_rows: list[dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import dpo_ray.run
+    import dpo_ray.reference.stage
 
     def no_reference(*args: object, **kwargs: object) -> None:
         raise AssertionError("the reference stage ran for a reference-free loss")
 
-    monkeypatch.setattr(dpo_ray.run, "score_reference", no_reference)
+    monkeypatch.setattr(dpo_ray.reference.stage, "score_reference", no_reference)
     data = tmp_path / "pairs.jsonl"
     bad = [{"prompt": "p", "chosen": "c"}, pair_rows[0], {"prompt": "p", "chosen": "same", "rejected": "same"}]
     repeats = pair_rows[1:101]  # 101 duplicates in all: 20% of the rows, far above data.max_drop_fraction (0.05)
@@ -271,7 +271,7 @@ def test_killed_worker_and_resumed_run_match_an_uninterrupted_run(tiny_model_dir
 
 def test_one_and_two_workers_follow_the_same_trajectory(tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path) -> None:
     # batch 16 = micro 8 x 2 workers x 1 step = micro 8 x 1 worker x 2 accumulation steps: the same
-    # pairs in every global batch (train_loop.micro_batches), so the same losses.
+    # pairs in every global batch (dpo_ray.train.order.micro_batches), so the same losses.
     runs = {}
     for workers in (1, 2):
         out = tmp_path / f"w{workers}"
@@ -315,7 +315,7 @@ def _split_sources(pairs_jsonl: str, tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_mixture_weights_and_per_source_eval(tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path) -> None:
-    from dpo_ray.config import resolve_paths
+    from dpo_ray.config_load import resolve_paths
     from dpo_ray.run import prepare_datasets
 
     big, small = _split_sources(pairs_jsonl, tmp_path)
@@ -323,7 +323,7 @@ def test_mixture_weights_and_per_source_eval(tiny_model_dir: str, pairs_jsonl: s
     sources = f"[{{name: big, path: {big}, weight: 1}}, {{name: small, path: {small}, weight: 3}}]"
     cfg = load_config(None, small_overrides(tiny_model_dir, "unused", str(out), **{"data.sources": sources}))
     prepared = prepare_datasets(resolve_paths(cfg))
-    s = prepared.stats
+    s = prepared.stats.metrics()
     train_big, train_small = s["data/sources/big/train_pairs"], s["data/sources/small/train_pairs"]
     assert train_big + train_small == s["data/train_pairs"] and train_big > 2 * train_small
     mixture = prepared.train.to_pandas()["mixture"]
@@ -340,7 +340,7 @@ def test_mixture_weights_and_per_source_eval(tiny_model_dir: str, pairs_jsonl: s
 
 
 def test_explicit_eval_source(tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path) -> None:
-    from dpo_ray.config import resolve_paths
+    from dpo_ray.config_load import resolve_paths
     from dpo_ray.run import prepare_datasets
 
     big, small = _split_sources(pairs_jsonl, tmp_path)
@@ -348,8 +348,9 @@ def test_explicit_eval_source(tiny_model_dir: str, pairs_jsonl: str, tmp_path: P
     cfg = load_config(None, small_overrides(tiny_model_dir, "unused", str(tmp_path / "run"), **{"data.sources": sources}))
     prepared = prepare_datasets(resolve_paths(cfg))
     assert set(prepared.train.to_pandas()["mixture"]) == {0} and set(prepared.eval.to_pandas()["mixture"]) == {1}
-    assert prepared.stats["data/sources/held/train_pairs"] == 0 and prepared.stats["data/sources/train/eval_pairs"] == 0
-    assert prepared.stats["data/eval_pairs"] == prepared.stats["data/sources/held/eval_pairs"] > 90
+    s = prepared.stats.metrics()
+    assert s["data/sources/held/train_pairs"] == 0 and s["data/sources/train/eval_pairs"] == 0
+    assert s["data/eval_pairs"] == s["data/sources/held/eval_pairs"] > 90
 
 
 def test_output_dir_on_a_uri_is_staged_and_uploaded(tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path) -> None:

@@ -12,9 +12,10 @@ import ray
 from safetensors.torch import load_file, save_file
 
 from conftest import small_overrides
-from dpo_ray.config import load_config
+from dpo_ray.config_load import load_config
 from dpo_ray.faults import FAULTS_ENV
-from dpo_ray.run import prepare_pairs, reference_key, reference_stage, score_reference
+from dpo_ray.data.stage import prepare_pairs
+from dpo_ray.reference.stage import reference_key, reference_stage, score_reference
 from dpo_ray.store import CacheStore, DataId
 
 pytestmark = pytest.mark.ray
@@ -43,27 +44,27 @@ def _by_row(ds) -> dict[str, np.ndarray]:
 
 
 def test_cache_miss_then_hit_without_scoring(tiny_model_dir, pairs_jsonl, tmp_path, monkeypatch) -> None:
-    import dpo_ray.run
+    import dpo_ray.reference.stage
 
     cfg = load_config(None, small_overrides(tiny_model_dir, pairs_jsonl, str(tmp_path / "run")))
     pairs, data_id = _prepare(cfg, tmp_path / "run")
     scored, stats = reference_stage(cfg, pairs, data_id)
-    assert stats["ref/cache_hit"] == 0.0 and 0.0 <= stats["ref/pad_fraction"] < 0.5
-    manifest = CacheStore(cfg.reference.cache_dir).read_manifest(stats["ref/key"])
+    assert not stats.cache_hit and 0.0 <= stats.pad_fraction < 0.5
+    manifest = CacheStore(cfg.reference.cache_dir).read_manifest(stats.key)
     assert manifest["rows"] == data_id.rows == scored.count()
     assert set(manifest["versions"]) == {"torch", "transformers"}
     df = scored.to_pandas()
     pads, real = int(df["ref_pad_tokens"].sum()), int(df["ref_tokens"].sum())
-    assert pads > 0 and stats["ref/pad_fraction"] == manifest["pad_fraction"] == pads / (pads + real)
+    assert pads > 0 and stats.pad_fraction == manifest["pad_fraction"] == pads / (pads + real)
     first = _by_row(scored)
     assert len(first) == data_id.rows  # exactly one entry per row
 
     def no_scoring(*args, **kwargs):
         raise AssertionError("a warm cache must not score (or load the reference model)")
 
-    monkeypatch.setattr(dpo_ray.run, "score_reference", no_scoring)
+    monkeypatch.setattr(dpo_ray.reference.stage, "score_reference", no_scoring)
     again, hit = reference_stage(cfg, pairs, data_id)
-    assert hit["ref/cache_hit"] == 1.0 and hit["ref/key"] == stats["ref/key"]
+    assert hit.cache_hit and hit.key == stats.key
     second = _by_row(again)
     assert second.keys() == first.keys()
     assert all(np.array_equal(first[k], second[k]) for k in first)
@@ -77,12 +78,12 @@ def test_partial_cache_is_never_used(tiny_model_dir, pairs_jsonl, tmp_path, caps
     # A data folder with no manifest (a writer that died) and then a manifest whose count is off.
     pairs.limit(5).write_parquet(store.new_data_uri(key))
     _, stats = reference_stage(cfg, pairs, data_id)
-    assert stats["ref/cache_hit"] == 0.0
+    assert not stats.cache_hit
     store.commit(key, {"rows": data_id.rows + 1, "data_uri": store.new_data_uri(key), "pad_fraction": 0.0})
     _, stats = reference_stage(cfg, pairs, data_id)
-    assert stats["ref/cache_hit"] == 0.0
+    assert not stats.cache_hit
     _, stats = reference_stage(cfg, pairs, data_id)  # the rescored entry was committed over the bad one
-    assert stats["ref/cache_hit"] == 1.0
+    assert stats.cache_hit
 
     # A part overwritten after the commit and its record rewritten to match, as a store that checks
     # sizes only (s3/gs) would not notice: the read fails, one warning, scored and committed afresh.
@@ -92,11 +93,11 @@ def test_partial_cache_is_never_used(tiny_model_dir, pairs_jsonl, tmp_path, caps
     capsys.readouterr()
     _, again = reference_stage(cfg, pairs, data_id)
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("cache:")]
-    assert again["ref/cache_hit"] == 0.0 and len(warnings) == 1
+    assert not again.cache_hit and len(warnings) == 1
     assert warnings[0].startswith(f"cache: entry {key} at {store.entry_uri(key)} is damaged (it does not read: ")
     assert warnings[0].endswith("); recomputing")
     _, third = reference_stage(cfg, pairs, data_id)
-    assert third["ref/cache_hit"] == 1.0
+    assert third.cache_hit
 
 
 def test_key_changes_with_each_input(tiny_model_dir, pairs_jsonl, tmp_path) -> None:
@@ -148,23 +149,23 @@ def test_scoring_survives_a_killed_actor(tiny_model_dir, pairs_jsonl, tmp_path, 
 
 
 def test_tokenized_cache_hit_and_every_input_changes_the_key(tiny_model_dir, pairs_jsonl, tmp_path, monkeypatch) -> None:
-    import dpo_ray.run
-    from dpo_ray.run import tokenized_key
+    import dpo_ray.data.stage
+    from dpo_ray.data.stage import tokenized_key
 
     data = tmp_path / "pairs.jsonl"
     shutil.copy(pairs_jsonl, data)
     cfg = load_config(None, small_overrides(tiny_model_dir, str(data), str(tmp_path / "run")))
     _, counts, data_id = prepare_pairs(cfg, tmp_path / "run")
-    assert counts["data/tokenize_cache_hit"] == 0.0
+    assert not counts.tokenize_cache_hit
 
     def no_tokenizing(*args, **kwargs):
         raise AssertionError("a warm tokenized cache must not tokenize")
 
     with monkeypatch.context() as m:
-        m.setattr(dpo_ray.run, "tokenize", no_tokenizing)
+        m.setattr(dpo_ray.data.stage, "tokenize", no_tokenizing)
         _, again, data_id_again = prepare_pairs(cfg, tmp_path / "run")
-    assert again["data/tokenize_cache_hit"] == 1.0 and data_id_again == data_id
-    assert {k: v for k, v in again.items() if k != "data/tokenize_cache_hit"} == {k: v for k, v in counts.items() if k != "data/tokenize_cache_hit"}
+    assert again.tokenize_cache_hit and data_id_again == data_id
+    assert again.counts == counts.counts
 
     key = tokenized_key(cfg)[0]
     for override in ("data.max_length=40", "data.truncation_mode=keep_start", "data.eval_fraction=0.2", "data.format=standard"):

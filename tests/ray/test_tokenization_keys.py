@@ -9,9 +9,11 @@ import pytest
 
 def test_tokenization_version_and_mode_are_in_both_cache_keys(tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    import dpo_ray.run
-    from dpo_ray.config import load_config
-    from dpo_ray.run import reference_key, tokenized_key
+    import dpo_ray.data.stage
+    import dpo_ray.reference.stage
+    from dpo_ray.config_load import load_config
+    from dpo_ray.data.stage import tokenized_key
+    from dpo_ray.reference.stage import reference_key
     from dpo_ray.store import DataId
 
     def keys(*extra: str) -> tuple[str, str]:
@@ -21,7 +23,8 @@ def test_tokenization_version_and_mode_are_in_both_cache_keys(tiny_model_dir: st
     base = keys()
     assert keys() == base
     jointly = keys("data.tokenize_jointly=true")
-    monkeypatch.setattr(dpo_ray.run, "TOKENIZE_VERSION", dpo_ray.run.TOKENIZE_VERSION + 1)
+    for stage in (dpo_ray.data.stage, dpo_ray.reference.stage):  # each key reads the version where it is built
+        monkeypatch.setattr(stage, "TOKENIZE_VERSION", stage.TOKENIZE_VERSION + 1)
     bumped = keys()
     # Same ids (the same DataId) under a new tokenization version still miss: old entries are not served.
     assert all(a != b for a, b in zip(base, jointly)) and all(a != b for a, b in zip(base, bumped))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dpo_ray.config import load_config
+from dpo_ray.config_load import load_config
 from dpo_ray.tracking import LiveTracking, finish_mlflow, read_progress, start_mlflow
 
 

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from dpo_ray.config import Config, ConfigError, from_dict, load_config, resolve_paths
+from dpo_ray.config import Config, ConfigError
+from dpo_ray.config_load import from_dict, load_config, resolve_paths
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "pipelines" / "configs").glob("*.yaml"))
 

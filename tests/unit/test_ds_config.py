@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from dpo_ray.config import load_config
+from dpo_ray.config_load import load_config
 from dpo_ray.train.ds_config import build_ds_config
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from dpo_ray.config import LABEL_SMOOTHING_LOSSES, LOSS_TYPES, load_config
+from dpo_ray.config import LABEL_SMOOTHING_LOSSES, LOSS_TYPES
+from dpo_ray.config_load import load_config
 from dpo_ray.modeling import load_model
 from dpo_ray.train.objective import REF_COLUMNS, batch_objective
 from dpo_ray.reference.scorer import ReferenceScorer

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dpo_ray.config import load_config
+from dpo_ray.config_load import load_config
 from dpo_ray.train.ds_config import build_ds_config
 from dpo_ray.train.resources import auto_cpus_per_worker, resolve_auto
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import math
 
-from dpo_ray.config import load_config
+from dpo_ray.config_load import load_config
 from dpo_ray.train.stopping import Stopper, total_steps
 
 
