@@ -1,4 +1,4 @@
-"""Preference rows: find files, parse records, normalise formats, tokenize pairs, split train/eval.
+"""Preference rows: find files, parse records, normalise formats; row ids and the train/eval split key.
 
 Pure ring: no Ray import. Ray Data calls these functions from its tasks (see data/stage.py).
 
@@ -17,14 +17,12 @@ import json
 import os
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from dpo_ray.data.formats import RowDrop, normalize_record
 from dpo_ray.paths import DATA_SUFFIXES, file_sha256, is_remote, looks_like_hub_id
-from dpo_ray.data.tokenize import PairTokenizer, tokenize_pair, tokenizer_adds_bos  # noqa: F401 (re-exported)
 
 ROW_FIELDS = ("prompt", "chosen", "rejected", "kind", "source", "drop_reason", "drop_detail", "error")
 
@@ -185,84 +183,6 @@ def row_hash(rid: str, prompt_ids: list[int], chosen_ids: list[int], rejected_id
     """Hash of a tokenized pair and its source index: the unit of the reference cache's data key."""
     payload = json.dumps([rid, list(prompt_ids), list(chosen_ids), list(rejected_ids)] + ([mixture] if mixture else [])).encode()
     return hashlib.sha256(payload).hexdigest()[:32]
-
-
-class TokenizeRows:
-    """Callable class for Ray Data's map_batches: loads the tokenizer once per actor."""
-
-    def __init__(self, name_or_path: str, revision: str | None, max_length: int, max_prompt_length: int | None,
-                 truncation_mode: str, eval_fraction: float, trust_remote_code: bool = False,
-                 eval_sources: tuple[int, ...] = (), tokenize_jointly: bool = False) -> None:
-        from dpo_ray.modeling import load_tokenizer  # transformers import only where tokenizing happens
-
-        self.tokenizer = load_tokenizer(name_or_path, revision, trust_remote_code)
-        self.pairs = PairTokenizer(self.tokenizer, jointly=tokenize_jointly)
-        self.lengths = {"max_length": max_length, "max_prompt_length": max_prompt_length, "truncation_mode": truncation_mode}
-        self.eval_fraction = eval_fraction
-        self.eval_sources = set(eval_sources)  # explicit eval sources: no prompt-hash split at all
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out: dict[str, list[Any]] = {k: [] for k in (
-            "row_id", "row_hash", "source", "error", "drop_reason", "drop_detail", "warning", "split_key", "is_eval",
-            "seq_len", "prompt_ids", "chosen_ids", "rejected_ids", "mixture",
-        )}
-        mixtures = batch["mixture"] if "mixture" in batch else np.zeros(len(batch["source"]), dtype=np.int64)
-        for i in range(len(batch["source"])):
-            mixture = int(mixtures[i])
-            row = {k: str(batch[k][i]) for k in ROW_FIELDS}
-            ids, warning = None, ""
-            if not (row["error"] or row["drop_reason"]):
-                try:
-                    ids, warning = self._ids(row)
-                except RowDrop as err:  # the chat template raised (PairTokenizer.render): this row only
-                    row["drop_reason"], row["drop_detail"] = err.reason, f"{row['source']}: {err}"
-            drop = row["drop_reason"] or ("" if row["error"] or ids is not None else "prompt_too_long")
-            if isinstance(ids, str):  # a chat-template drop reason
-                drop, ids = ids, None
-            p, c, r = ids if ids is not None else ([], [], [])
-            rid = row_id(row["prompt"], row["chosen"], row["rejected"])
-            out["row_id"].append(rid)
-            out["row_hash"].append(row_hash(rid, p, c, r, mixture))
-            out["mixture"].append(mixture)
-            out["source"].append(row["source"])
-            out["error"].append(row["error"])
-            out["drop_reason"].append(drop)
-            out["drop_detail"].append(row["drop_detail"] or (f"{row['source']}: {drop}" if drop else ""))
-            out["warning"].append(warning)
-            key = split_key(row["prompt"])
-            if self.eval_sources:
-                key = 0.0 if mixture in self.eval_sources else 1.0
-            out["split_key"].append(key)
-            out["is_eval"].append(key < self.eval_fraction)
-            out["seq_len"].append(len(p) + max(len(c), len(r)))  # padded width this pair needs
-            out["prompt_ids"].append(np.asarray(p, dtype=np.int32))
-            out["chosen_ids"].append(np.asarray(c, dtype=np.int32))
-            out["rejected_ids"].append(np.asarray(r, dtype=np.int32))
-        return {k: _column(v) for k, v in out.items()}
-
-    def _ids(self, row: dict[str, str]) -> tuple[Any, str]:
-        """Token ids of one valid row (data/tokenize.py); a str in place of ids is a drop reason."""
-        if row["kind"] == "messages":
-            pair = self.pairs.chat(*(json.loads(row[k]) for k in ("prompt", "chosen", "rejected")))
-            if pair is None:
-                return "chat_template_mismatch", ""
-            bos_id = None  # the chat template writes BOS where the model wants one
-        else:
-            pair = self.pairs.text(row["prompt"], row["chosen"], row["rejected"], implicit=row["kind"] == "implicit")
-            bos_id = self.pairs.bos_id
-        prompt_ids, chosen_ids, rejected_ids, warning = pair
-        if not prompt_ids and bos_id is None and row["kind"] == "implicit":
-            return "no_common_prompt", ""  # the transcripts share no token: nothing to condition on
-        ids = tokenize_pair(prompt_ids, chosen_ids, rejected_ids, bos_id=bos_id, eos_id=None, **self.lengths)
-        return ids, warning
-
-
-def _column(values: list[Any]) -> np.ndarray:
-    if values and isinstance(values[0], np.ndarray):
-        col = np.empty(len(values), dtype=object)  # ragged token lists
-        col[:] = values
-        return col
-    return np.asarray(values)
 
 
 def load_hf_table(path: str, *, split: str, subset: str | None, revision: str | None) -> pa.Table:

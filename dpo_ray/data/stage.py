@@ -19,11 +19,11 @@ from ray.data.expressions import col
 
 from dpo_ray.config import Config
 from dpo_ray.data.parse import (
-    DataError, TokenizeRows, expand_paths, input_identity, is_saved_dataset, load_hf_table, normalize_table, parse_file, source_kind,
+    DataError, expand_paths, input_identity, is_saved_dataset, load_hf_table, normalize_table, parse_file, source_kind,
 )
 from dpo_ray.data.report import build_data_report, merge_summaries, source_order
 from dpo_ray.data.rows import rows_with_prefix, summarize, valid_id_prefixes
-from dpo_ray.data.tokenize import TOKENIZE_VERSION
+from dpo_ray.data.tokenize import TOKENIZE_VERSION, TokenizeRows
 from dpo_ray.paths import atomic_write
 from dpo_ray.stats import DataStats
 from dpo_ray.store import CacheStore, DataId, cache_key, model_identity

@@ -1,6 +1,7 @@
 """Token ids of one preference pair in TRL 1.16's DPOTrainer layout, for any Hugging Face tokenizer.
 
-Pure ring: no Ray import. What TRL 1.16 does (trl/trainer/dpo_trainer.py, ``_prepare_dataset``):
+Pure ring: no Ray import. TokenizeRows is the callable class the data stage's tokenizer actors run.
+What TRL 1.16 does (trl/trainer/dpo_trainer.py, ``_prepare_dataset``):
 
 - text rows: the EOS text is appended to each completion (unless it already ends with it); the
   prompt, prompt + chosen and prompt + rejected are tokenized; the prompt ids are cut to their
@@ -19,11 +20,14 @@ prompt. Implicit prompts have no given text to keep, so both modes cut them at t
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import numpy as np
 from jinja2 import TemplateError
 
 from dpo_ray.data.formats import RowDrop
+from dpo_ray.data.parse import ROW_FIELDS, row_hash, row_id, split_key
 
 TOKENIZE_VERSION = 2
 """Bump when the ids made from the same rows and tokenizer change: the tokenized and reference cache
@@ -153,3 +157,81 @@ def tokenize_pair(
         return None
     eos = [eos_id] if eos_id is not None else []
     return prompt_ids, (chosen_ids + eos)[:room], (rejected_ids + eos)[:room]
+
+
+class TokenizeRows:
+    """Callable class for Ray Data's map_batches: loads the tokenizer once per actor."""
+
+    def __init__(self, name_or_path: str, revision: str | None, max_length: int, max_prompt_length: int | None,
+                 truncation_mode: str, eval_fraction: float, trust_remote_code: bool = False,
+                 eval_sources: tuple[int, ...] = (), tokenize_jointly: bool = False) -> None:
+        from dpo_ray.modeling import load_tokenizer  # transformers import only where tokenizing happens
+
+        self.tokenizer = load_tokenizer(name_or_path, revision, trust_remote_code)
+        self.pairs = PairTokenizer(self.tokenizer, jointly=tokenize_jointly)
+        self.lengths = {"max_length": max_length, "max_prompt_length": max_prompt_length, "truncation_mode": truncation_mode}
+        self.eval_fraction = eval_fraction
+        self.eval_sources = set(eval_sources)  # explicit eval sources: no prompt-hash split at all
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out: dict[str, list[Any]] = {k: [] for k in (
+            "row_id", "row_hash", "source", "error", "drop_reason", "drop_detail", "warning", "split_key", "is_eval",
+            "seq_len", "prompt_ids", "chosen_ids", "rejected_ids", "mixture",
+        )}
+        mixtures = batch["mixture"] if "mixture" in batch else np.zeros(len(batch["source"]), dtype=np.int64)
+        for i in range(len(batch["source"])):
+            mixture = int(mixtures[i])
+            row = {k: str(batch[k][i]) for k in ROW_FIELDS}
+            ids, warning = None, ""
+            if not (row["error"] or row["drop_reason"]):
+                try:
+                    ids, warning = self._ids(row)
+                except RowDrop as err:  # the chat template raised (PairTokenizer.render): this row only
+                    row["drop_reason"], row["drop_detail"] = err.reason, f"{row['source']}: {err}"
+            drop = row["drop_reason"] or ("" if row["error"] or ids is not None else "prompt_too_long")
+            if isinstance(ids, str):  # a chat-template drop reason
+                drop, ids = ids, None
+            p, c, r = ids if ids is not None else ([], [], [])
+            rid = row_id(row["prompt"], row["chosen"], row["rejected"])
+            out["row_id"].append(rid)
+            out["row_hash"].append(row_hash(rid, p, c, r, mixture))
+            out["mixture"].append(mixture)
+            out["source"].append(row["source"])
+            out["error"].append(row["error"])
+            out["drop_reason"].append(drop)
+            out["drop_detail"].append(row["drop_detail"] or (f"{row['source']}: {drop}" if drop else ""))
+            out["warning"].append(warning)
+            key = split_key(row["prompt"])
+            if self.eval_sources:
+                key = 0.0 if mixture in self.eval_sources else 1.0
+            out["split_key"].append(key)
+            out["is_eval"].append(key < self.eval_fraction)
+            out["seq_len"].append(len(p) + max(len(c), len(r)))  # padded width this pair needs
+            out["prompt_ids"].append(np.asarray(p, dtype=np.int32))
+            out["chosen_ids"].append(np.asarray(c, dtype=np.int32))
+            out["rejected_ids"].append(np.asarray(r, dtype=np.int32))
+        return {k: _column(v) for k, v in out.items()}
+
+    def _ids(self, row: dict[str, str]) -> tuple[Any, str]:
+        """Token ids of one valid row (data/tokenize.py); a str in place of ids is a drop reason."""
+        if row["kind"] == "messages":
+            pair = self.pairs.chat(*(json.loads(row[k]) for k in ("prompt", "chosen", "rejected")))
+            if pair is None:
+                return "chat_template_mismatch", ""
+            bos_id = None  # the chat template writes BOS where the model wants one
+        else:
+            pair = self.pairs.text(row["prompt"], row["chosen"], row["rejected"], implicit=row["kind"] == "implicit")
+            bos_id = self.pairs.bos_id
+        prompt_ids, chosen_ids, rejected_ids, warning = pair
+        if not prompt_ids and bos_id is None and row["kind"] == "implicit":
+            return "no_common_prompt", ""  # the transcripts share no token: nothing to condition on
+        ids = tokenize_pair(prompt_ids, chosen_ids, rejected_ids, bos_id=bos_id, eos_id=None, **self.lengths)
+        return ids, warning
+
+
+def _column(values: list[Any]) -> np.ndarray:
+    if values and isinstance(values[0], np.ndarray):
+        col = np.empty(len(values), dtype=object)  # ragged token lists
+        col[:] = values
+        return col
+    return np.asarray(values)

@@ -10,9 +10,9 @@ import pyarrow as pa
 import pytest
 
 from dpo_ray.data.parse import (
-    ROW_FIELDS, DataError, TokenizeRows, expand_paths, is_eval_prompt, is_saved_dataset, load_hf_table,
-    normalize_table, parse_file, row_id, tokenize_pair, tokenizer_adds_bos,
+    ROW_FIELDS, DataError, expand_paths, is_eval_prompt, is_saved_dataset, load_hf_table, normalize_table, parse_file, row_id,
 )
+from dpo_ray.data.tokenize import TokenizeRows, tokenize_pair, tokenizer_adds_bos
 from dpo_ray.toy import make_preference_rows
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"

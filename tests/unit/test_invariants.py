@@ -10,7 +10,8 @@ import torch
 
 from dpo_ray.config import LossConfig
 from dpo_ray.train.collate import collate_pairs
-from dpo_ray.data.parse import ROW_FIELDS, TokenizeRows
+from dpo_ray.data.parse import ROW_FIELDS
+from dpo_ray.data.tokenize import TokenizeRows
 from dpo_ray.train.logprobs import forward_sequence_stats, split_pairs
 from dpo_ray.train.losses import PairLogps, preference_loss
 from dpo_ray.modeling import load_model

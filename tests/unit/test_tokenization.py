@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from _chat_families import unpack_tokenizer
-from dpo_ray.data.parse import ROW_FIELDS, TokenizeRows, parse_file
+from dpo_ray.data.parse import ROW_FIELDS, parse_file
 from dpo_ray.data.report import build_data_report, summarize_block
 from dpo_ray.data.formats import RowDrop, normalize_record
-from dpo_ray.data.tokenize import PairTokenizer, adds_prefix_space, common_prefix_length
+from dpo_ray.data.tokenize import PairTokenizer, TokenizeRows, adds_prefix_space, common_prefix_length
 
 COLUMNS = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}
 

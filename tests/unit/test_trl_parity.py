@@ -18,7 +18,8 @@ import pytest
 from _chat_families import (
     CONVERSATIONAL, FAMILIES, IMPLICIT, IMPLICIT_MESSAGES, SHAREGPT, STANDARD, build_family_model, has_system,
 )
-from dpo_ray.data.parse import ROW_FIELDS, TokenizeRows, normalize_one
+from dpo_ray.data.parse import ROW_FIELDS, normalize_one
+from dpo_ray.data.tokenize import TokenizeRows
 from dpo_ray.data.formats import SHAREGPT_ROLES
 
 trl = pytest.importorskip("trl")  # a dev extra
