@@ -2,8 +2,8 @@
 column sums (mixture copies and the seeded order are dpo_ray.train.order's).
 
 Pure ring, and light on purpose: a Ray worker unpickles these functions by importing this module
-(numpy, pandas) instead of dpo_ray.run, whose imports (torch, transformers, Ray Train)
-cost a fresh worker process about 6 s of CPU (measured: 84 s quickstart-size run, 25.7 s data stage).
+(numpy, pandas) instead of a stage module, whose imports (torch, transformers, Ray Train) cost a
+fresh worker process seconds of CPU (bench/PROFILE.md).
 """
 
 from __future__ import annotations

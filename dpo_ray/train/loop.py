@@ -125,7 +125,7 @@ def _build_engine(deepspeed: Any, cfg: Config, steps: int) -> tuple[Any, Any]:
     lora = cfg.model.lora
     if lora.r > 0:
         model = add_lora(model, r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.target_modules)
-    # A torch optimizer: DeepSpeed then JIT-builds no FusedAdam (RAY-DEEPSPEED-NOTES.md).
+    # A torch optimizer: DeepSpeed then JIT-builds no FusedAdam extension.
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
     scheduler = get_scheduler(SCHEDULERS[cfg.train.lr_scheduler], optimizer,
@@ -197,7 +197,7 @@ def _import_deepspeed(use_gpu: bool) -> Any:
     import deepspeed.ops
 
     if not use_gpu:
-        # The shared-memory all-reduce op is JIT-compiled on first use (~34 s on 2 cores);
+        # The shared-memory all-reduce op is JIT-compiled on first use (tens of seconds on a small CPU);
         # gloo does the reductions without it. DeepSpeed keeps this dict for such edits.
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     return deepspeed

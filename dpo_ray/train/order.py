@@ -147,8 +147,8 @@ def window_shuffle(batches: Iterable[T], rng: np.random.Generator, window: int) 
 
 class EvalShard:
     """This rank's eval micro-batches (r, r + W, ...), the first micro-batch and their count, read
-    from the eval dataset at the first eval and kept for the later ones: each read re-ran the Ray
-    Data pipeline, about 1 s an eval on the 2-core machine. Holds 1/W of the eval set's token ids."""
+    from the eval dataset at the first eval and kept for the later ones: each read would re-run the
+    Ray Data pipeline. Holds 1/W of the eval set's token ids."""
 
     def __init__(self, dataset: BatchSource, micro_batch_size: int, rank: int, world: int) -> None:
         self._dataset, self._micro, self._rank, self._world = dataset, micro_batch_size, rank, world

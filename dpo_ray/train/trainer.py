@@ -66,7 +66,7 @@ def deterministic_shuffle(ds: ray.data.Dataset, seed: int, drop: tuple[str, ...]
 def build_trainer(cfg: Config, train_ds: ray.data.Dataset, eval_ds: ray.data.Dataset, loop_extra: dict[str, Any],
                   *, run_name: str | None = None, callbacks: list[Any] | None = None) -> TorchTrainer:
     """One TorchTrainer. Both datasets go whole to every worker, which takes its strided share of
-    each global batch (train_loop.micro_batches, _evaluate): the same pairs in the same order in
+    each global batch (train/order.py: micro_batches, EvalShard): the same pairs in the same order in
     every run and for any worker count, so restarts replay exactly and no eval pair is dropped."""
     t = cfg.train
     os.environ.setdefault(POLL_ENV, POLL_SECONDS)

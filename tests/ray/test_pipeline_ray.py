@@ -56,7 +56,7 @@ def test_pipeline_end_to_end(zero_stage: int, tiny_model_dir: str, pairs_jsonl: 
     assert metrics["data/train_pairs"] + metrics["data/eval_pairs"] == metrics["data/rows_read"] == 400
     assert load_config(out / "config.yaml").train.zero_stage == zero_stage
     assert metrics["stop_reason"] == "max_steps" and metrics["train/steps"] == 4
-    # steady state (steps 3 and 4, after train_loop.WARMUP_STEPS) and the wall time step 1 ended
+    # steady state (steps 3 and 4, after dpo_ray.train.loop.WARMUP_STEPS) and the wall time step 1 ended
     assert 0 < metrics["perf/steady_pairs_per_second"] < metrics["perf/steady_tokens_per_second"]
     assert 0 < metrics["perf/first_step_time"] <= time.time()
     assert metrics["perf/job_seconds_to_first_step"] > metrics["perf/ray_start_seconds"] + metrics["perf/prepare_seconds"] > 0
