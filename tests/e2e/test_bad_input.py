@@ -192,6 +192,7 @@ def _entry(root: str) -> tuple[CacheStore, str, dict]:
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_ctrl_c_names_the_step_and_resume_survives_damaged_caches(tmp_path: Path, tiny_model_dir: str, pairs_jsonl: str) -> None:
     out = tmp_path / "run"
     args = small_overrides(tiny_model_dir, pairs_jsonl, str(out), **{

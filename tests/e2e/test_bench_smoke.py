@@ -26,6 +26,7 @@ def _smoke(script: str, results: Path, timeout: int) -> dict[str, Any]:
     return result
 
 
+@pytest.mark.slow
 def test_sweep_bench_smoke(tmp_path: Path) -> None:
     result = _smoke("sweep.py", tmp_path, timeout=900)
     with_trl = importlib.util.find_spec("trl") is not None
@@ -46,6 +47,7 @@ def test_sweep_bench_smoke(tmp_path: Path) -> None:
         assert "trl_skipped" in result
 
 
+@pytest.mark.slow
 def test_data_bench_smoke(tmp_path: Path) -> None:
     result = _smoke("data.py", tmp_path, timeout=600)
     assert [(r["pairs"], r["cpus"]) for r in result["throughput"]] == [(2000, 1), (2000, 2)]
@@ -57,6 +59,7 @@ def test_data_bench_smoke(tmp_path: Path) -> None:
     assert result["speedup_2_vs_1_cpu"] > 0 and result["cache_rerun_speedup"] > 0
 
 
+@pytest.mark.slow
 def test_padding_bench_smoke(tmp_path: Path) -> None:
     result = _smoke("padding.py", tmp_path, timeout=600)
     runs = {r["data"]: r for r in result["runs"]}
@@ -65,6 +68,7 @@ def test_padding_bench_smoke(tmp_path: Path) -> None:
     assert runs["varying_lengths"]["grouped"] < runs["varying_lengths"]["ungrouped"]  # grouping pads less
 
 
+@pytest.mark.slow
 def test_memory_bench_smoke(tmp_path: Path) -> None:
     result = _smoke("memory.py", tmp_path, timeout=900)
     assert [(r["zero_stage"], r["workers"]) for r in result["runs"]] == [(2, 1), (2, 2), (3, 1), (3, 2)]
@@ -72,6 +76,7 @@ def test_memory_bench_smoke(tmp_path: Path) -> None:
     assert result["zero3_2_vs_1_workers"] > 0 and isinstance(result["zero3_target_met"], bool)
 
 
+@pytest.mark.slow
 def test_throughput_bench_smoke(tmp_path: Path) -> None:
     result = _smoke("throughput.py", tmp_path, timeout=900)
     with_trl = importlib.util.find_spec("trl") is not None
@@ -97,6 +102,7 @@ def test_throughput_bench_smoke(tmp_path: Path) -> None:
         assert uniform["vs_trl_default"] > 0 and isinstance(uniform["targets_met"], bool)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="parity needs TRL (the dev extra installs it)")
 def test_parity_bench_smoke(tmp_path: Path) -> None:
     result = _smoke("parity.py", tmp_path, timeout=900)
@@ -107,6 +113,7 @@ def test_parity_bench_smoke(tmp_path: Path) -> None:
     assert result["step0_equal"] is True  # same model, same held-out pairs: loss ln 2 and margins 0 in both
 
 
+@pytest.mark.slow
 def test_mfu_bench_smoke(tmp_path: Path) -> None:
     result = _smoke("mfu.py", tmp_path, timeout=600)
     assert result["matmul_peak_gflops"] > 0 and result["pad_fraction"] == 0  # every sequence exactly 512 tokens

@@ -13,7 +13,7 @@ import pytest
 from _cluster import local_cluster, ray_env
 from conftest import REPO
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # each test runs the pipeline (minutes on 2 cores)
 SCRIPT = str(REPO / "pipelines" / "dpo.py")
 
 

@@ -30,7 +30,7 @@ import pytest
 from _cluster import LocalCluster, local_cluster, ray_env
 from conftest import REPO, small_overrides
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # a two-node cluster, a Ray job per test
 FAKE_TOKEN = "hf_FAKE_dpo_ray_multinode_456"
 SPREAD = {"train.placement_strategy": "STRICT_SPREAD", "train.cpus_per_worker": 1}
 

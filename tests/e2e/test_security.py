@@ -23,7 +23,7 @@ from conftest import REPO, small_overrides
 from dpo_ray.config import ModelConfig
 from dpo_ray.config_load import load_config
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # every test reads one full run of pipelines/dpo.py
 FAKE_SECRETS = {
     "HF_TOKEN": "hf_FAKE_dpo_ray_secret_123",
     "HUGGING_FACE_HUB_TOKEN": "hf_FAKE_dpo_ray_secret_hub_789",

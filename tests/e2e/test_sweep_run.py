@@ -30,6 +30,7 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_sweep_scores_the_reference_once(tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path) -> None:
     out = tmp_path / "sweep"
     args = _sweep_args(tiny_model_dir, pairs_jsonl, out, **{"tune.searcher": "random", "tune.num_samples": 4})
@@ -50,6 +51,7 @@ def test_sweep_scores_the_reference_once(tiny_model_dir: str, pairs_jsonl: str, 
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path) -> None:
     out = tmp_path / "sweep"
     args = _sweep_args(tiny_model_dir, pairs_jsonl, out, **{

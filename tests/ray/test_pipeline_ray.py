@@ -239,6 +239,7 @@ def _history(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics_history.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # four runs
 def test_killed_worker_and_resumed_run_match_an_uninterrupted_run(tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from ray.train import TrainingFailedError
@@ -269,6 +270,7 @@ def test_killed_worker_and_resumed_run_match_an_uninterrupted_run(tiny_model_dir
     assert resumed["eval/loss"] == pytest.approx(clean["eval/loss"], abs=1e-5)
 
 
+@pytest.mark.slow  # two runs
 def test_one_and_two_workers_follow_the_same_trajectory(tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path) -> None:
     # batch 16 = micro 8 x 2 workers x 1 step = micro 8 x 1 worker x 2 accumulation steps: the same
     # pairs in every global batch (dpo_ray.train.order.micro_batches), so the same losses.
@@ -284,6 +286,7 @@ def test_one_and_two_workers_follow_the_same_trajectory(tiny_model_dir: str, pai
     assert runs[1]["eval/loss"] == pytest.approx(runs[2]["eval/loss"], abs=1e-5)
 
 
+@pytest.mark.slow  # three runs
 @pytest.mark.parametrize(("export", "zero_stage"), [("merged", 2), ("adapter", 2), ("merged", 3)])
 def test_lora_run_exports_a_model_that_generates(export: str, zero_stage: int, tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path) -> None:
     out = tmp_path / "lora"
