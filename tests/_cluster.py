@@ -1,7 +1,7 @@
 """Local Ray nodes for tests: `ray start --block` on 127.0.0.1, each in its own process group and temp
 dir, token authentication on, always stopped (also when the test fails).
 
-Used by tests/test_multinode.py; the same pattern as tests/test_e2e.py's ray_head fixture.
+Used by tests/e2e/test_multinode.py; the same pattern as tests/e2e/test_e2e.py's ray_head fixture.
 """
 
 from __future__ import annotations
