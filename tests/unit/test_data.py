@@ -230,8 +230,15 @@ def test_source_kind(tmp_path: Path) -> None:
 
 
 def test_unreachable_hub_dataset_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets.config
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    # Both libraries read the switch once, at import; imported by an earlier test they would try the network
+    # and the test would wait out its timeouts (20+ s) instead of failing offline at once.
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(DataError, match="data.path no-such-org/no-such-dataset: not a local path, and loading it as a hub dataset failed"):
         load_hf_table("no-such-org/no-such-dataset", split="train", subset=None, revision=None)
 
