@@ -23,8 +23,9 @@ from conftest import REPO
 
 PKG = REPO / "dpo_ray"
 # Relative to dpo_ray/; fnmatch's * spans folders, so */stage.py is any stage's one Ray module.
+# console.py starts Ray with the quiet settings (ray.init, its loggers): run.py and tune/driver.py share it.
 RAY_MODULES = ("*/stage.py", "train/loop.py", "train/checkpoint.py", "train/trainer.py", "tune/driver.py", "run.py",
-               "tracking.py")
+               "tracking.py", "console.py")
 MAX_FILE_LINES = 400
 MAX_FUNCTION_LINES = 80
 LONG_FUNCTIONS = {("train/loop.py", "train_loop_per_worker")}  # the per-worker loop, read as named steps
@@ -325,11 +326,11 @@ def _tree(root: Path, files: dict[str, str]) -> Path:
 def test_ray_import_check_catches_a_nested_import_outside_the_ray_modules(tmp_path: Path) -> None:
     pkg = _tree(tmp_path, {
         "pkg/__init__.py": "", "pkg/run.py": "import ray\n", "pkg/data/stage.py": "from ray import data\n",
-        "pkg/console.py": "import os\n\ndef f():\n    if os:\n        from ray.train import report\n",
+        "pkg/screen.py": "import os\n\ndef f():\n    if os:\n        from ray.train import report\n",
         "pkg/data/parse.py": "import ray_helpers\nfrom rayon import x\n",  # names that start like ray are not ray
         "pkg/stage.py": "import ray.data\n",  # */stage.py needs a folder: the top-level stage.py is not a stage
     })
-    assert ray_imports(pkg) == ["pkg/console.py:5 imports ray.train", "pkg/stage.py:1 imports ray.data"]
+    assert ray_imports(pkg) == ["pkg/screen.py:5 imports ray.train", "pkg/stage.py:1 imports ray.data"]
 
 
 def test_transitive_check_names_each_module_that_loads_the_watched_one(tmp_path: Path) -> None:
