@@ -79,14 +79,24 @@ def pairs_jsonl(tmp_path_factory: pytest.TempPathFactory, pair_rows: list[dict[s
 
 
 @pytest.fixture(scope="session")
+def shared_caches(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tokenized and one reference cache for a session's runs (small_overrides(caches=...)): the
+    first run on a model and data fills them, later ones read them, as a user's repeated runs do. The
+    caches' own miss, hit and damage behaviour is tested with fresh ones (test_reference_cache, test_bad_input)."""
+    return tmp_path_factory.mktemp("shared-caches")
+
+
+@pytest.fixture(scope="session")
 def tokenizer(tiny_model_dir: str):
     from dpo_ray.modeling import load_tokenizer
 
     return load_tokenizer(tiny_model_dir)
 
 
-def small_overrides(model_dir: str, data_path: str, output_dir: str, **extra: object) -> list[str]:
-    """Dotted overrides for a short CPU run of the pipeline."""
+def small_overrides(model_dir: str, data_path: str, output_dir: str, *, caches: str | Path | None = None,
+                    **extra: object) -> list[str]:
+    """Dotted overrides for a short CPU run of the pipeline. Its caches sit next to output_dir, or
+    under ``caches`` (shared_caches): runs on the same model and pairs then tokenize and score once."""
     base = {
         "model.name_or_path": model_dir, "data.path": data_path, "data.max_length": 48,
         "data.eval_fraction": 0.15, "reference.batch_size": 32, "train.learning_rate": 1e-3,
@@ -95,5 +105,7 @@ def small_overrides(model_dir: str, data_path: str, output_dir: str, **extra: ob
         "output_dir": output_dir, "reference.cache_dir": f"{output_dir}-refcache",
         "data.cache_dir": f"{output_dir}-datacache",
     }
+    if caches is not None:
+        base |= {"reference.cache_dir": f"{caches}/reference", "data.cache_dir": f"{caches}/tokenized"}
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]

@@ -34,9 +34,9 @@ def ray_local():
 
 
 @pytest.mark.parametrize("zero_stage", [2, 3])
-def test_pipeline_end_to_end(zero_stage: int, tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path) -> None:
+def test_pipeline_end_to_end(zero_stage: int, tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path, shared_caches: Path) -> None:
     out = tmp_path / "run"
-    cfg = load_config(None, small_overrides(tiny_model_dir, pairs_jsonl, str(out), **{"train.zero_stage": zero_stage}))
+    cfg = load_config(None, small_overrides(tiny_model_dir, pairs_jsonl, str(out), caches=shared_caches, **{"train.zero_stage": zero_stage}))
     summary = run(cfg)
 
     # Outputs: an HF model that from_pretrained loads, flat metrics with TRL names, the resolved config.
@@ -172,9 +172,9 @@ def test_reference_free_run_skips_reference_reports_drops_and_duplicates_do_not_
     assert math.isfinite(summary["eval/loss"]) and (out / "model").exists()
 
 
-def test_combined_losses_with_wpo_and_ld(tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path) -> None:
+def test_combined_losses_with_wpo_and_ld(tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path, shared_caches: Path) -> None:
     out = tmp_path / "run"
-    overrides = small_overrides(tiny_model_dir, pairs_jsonl, str(out), **{"train.zero_stage": 1})
+    overrides = small_overrides(tiny_model_dir, pairs_jsonl, str(out), caches=shared_caches, **{"train.zero_stage": 1})
     summary = run(load_config(None, [*overrides, "loss.type=[sigmoid,sft]", "loss.weights=[1.0,0.5]", "loss.wpo=true", "loss.ld_alpha=0.5"]))
     assert summary["ref/skipped"] == 0.0
     # Step-1 loss before any update: sigmoid is ln 2 (policy == reference); sft adds 0.5 x the chosen
@@ -184,7 +184,8 @@ def test_combined_losses_with_wpo_and_ld(tiny_model_dir: str, pairs_jsonl: str, 
     assert math.isfinite(summary["eval/rewards/accuracies"])
 
 
-def test_stop_loss_ends_the_run_early(tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stop_loss_ends_the_run_early(tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      shared_caches: Path) -> None:
     from mlflow.tracking import MlflowClient
 
     from test_tracking import read_scalars
@@ -192,7 +193,7 @@ def test_stop_loss_ends_the_run_early(tiny_model_dir: str, pairs_jsonl: str, tmp
     out = tmp_path / "run"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
     # Step 1 runs before any update, so its loss is ln 2 = 0.6931; any later improvement stops the run.
-    summary = run(load_config(None, small_overrides(tiny_model_dir, pairs_jsonl, str(out), **{
+    summary = run(load_config(None, small_overrides(tiny_model_dir, pairs_jsonl, str(out), caches=shared_caches, **{
         "train.max_steps": 30, "train.stop_loss": 0.6931, "train.report_to": "[tensorboard,mlflow]"})))
     assert summary["stop_reason"] == "stop_loss"
     # Tracking: the MLflow run has every logged step's train loss and the summary, and is FINISHED;
@@ -210,11 +211,11 @@ def test_stop_loss_ends_the_run_early(tiny_model_dir: str, pairs_jsonl: str, tmp
     assert (out / "model").exists()
 
 
-def test_non_finite_loss_stops_without_a_model(tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path) -> None:
+def test_non_finite_loss_stops_without_a_model(tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path, shared_caches: Path) -> None:
     from dpo_ray.train.stopping import TrainingError
 
     out = tmp_path / "run"
-    cfg = load_config(None, small_overrides(tiny_model_dir, pairs_jsonl, str(out), **{
+    cfg = load_config(None, small_overrides(tiny_model_dir, pairs_jsonl, str(out), caches=shared_caches, **{
         "train.max_steps": 6, "train.learning_rate": 1e30, "train.gradient_clipping": 0.0}))
     with pytest.raises(TrainingError, match=r"training stopped at step \d+: the loss or gradient norm is not finite"):
         run(cfg)
@@ -222,15 +223,15 @@ def test_non_finite_loss_stops_without_a_model(tiny_model_dir: str, pairs_jsonl:
     assert (out / "metrics_history.jsonl").exists()
     # The same run with nonfinite=skip finishes, counts the skipped updates and exports finite weights.
     skip = tmp_path / "skip"
-    summary = run(load_config(None, [*small_overrides(tiny_model_dir, pairs_jsonl, str(skip), **{
+    summary = run(load_config(None, [*small_overrides(tiny_model_dir, pairs_jsonl, str(skip), caches=shared_caches, **{
         "train.max_steps": 6, "train.learning_rate": 1e30, "train.gradient_clipping": 0.0}), "train.nonfinite=skip"]))
     assert summary["train/skipped_steps"] >= 1 and summary["stop_reason"] == "max_steps"
     model = AutoModelForCausalLM.from_pretrained(skip / "model")
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def _fault_overrides(model_dir: str, data: str, out: Path, **extra: object) -> list[str]:
-    return small_overrides(model_dir, data, str(out), **{
+def _fault_overrides(model_dir: str, data: str, out: Path, caches: Path, **extra: object) -> list[str]:
+    return small_overrides(model_dir, data, str(out), caches=caches, **{
         "train.max_steps": 6, "train.checkpoint_every": 2, "train.lr_scheduler": "constant", "train.eval_every": 3,
         **extra})
 
@@ -241,15 +242,15 @@ def _history(out: Path) -> list[dict]:
 
 @pytest.mark.slow  # four runs
 def test_killed_worker_and_resumed_run_match_an_uninterrupted_run(tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                    monkeypatch: pytest.MonkeyPatch, shared_caches: Path) -> None:
     from ray.train import TrainingFailedError
 
-    clean = run(load_config(None, _fault_overrides(tiny_model_dir, pairs_jsonl, tmp_path / "clean")))
+    clean = run(load_config(None, _fault_overrides(tiny_model_dir, pairs_jsonl, tmp_path / "clean", shared_caches)))
 
     # A worker process dies at step 3 (after the step-2 checkpoint); Ray replaces the group, which
     # resumes from the checkpoint and replays steps 3.. on exactly the same pairs.
     monkeypatch.setenv(FAULTS_ENV, json.dumps({"train_crash_at_step": 3, "train_marker": str(tmp_path / "crashed-1")}))
-    faulted = run(load_config(None, _fault_overrides(tiny_model_dir, pairs_jsonl, tmp_path / "fault", **{"train.max_failures": 1})))
+    faulted = run(load_config(None, _fault_overrides(tiny_model_dir, pairs_jsonl, tmp_path / "fault", shared_caches, **{"train.max_failures": 1})))
     assert (tmp_path / "crashed-1").exists()
     for key in ("train/steps", "train/pairs_seen", "eval/num_pairs"):
         assert faulted[key] == clean[key], key
@@ -260,10 +261,10 @@ def test_killed_worker_and_resumed_run_match_an_uninterrupted_run(tiny_model_dir
     # The same crash without restarts stops the run; train.resume_from continues it to the end.
     with pytest.raises(TrainingFailedError):
         monkeypatch.setenv(FAULTS_ENV, json.dumps({"train_crash_at_step": 3, "train_marker": str(tmp_path / "crashed-2")}))
-        run(load_config(None, _fault_overrides(tiny_model_dir, pairs_jsonl, tmp_path / "stopped")))
+        run(load_config(None, _fault_overrides(tiny_model_dir, pairs_jsonl, tmp_path / "stopped", shared_caches)))
     monkeypatch.delenv(FAULTS_ENV)
     assert not (tmp_path / "stopped" / "model").exists()
-    resumed = run(load_config(None, _fault_overrides(tiny_model_dir, pairs_jsonl, tmp_path / "resumed",
+    resumed = run(load_config(None, _fault_overrides(tiny_model_dir, pairs_jsonl, tmp_path / "resumed", shared_caches,
                                                      **{"train.resume_from": str(tmp_path / "stopped")})))
     assert resumed["train/steps"] == clean["train/steps"] and resumed["train/pairs_seen"] == clean["train/pairs_seen"]
     assert resumed["train/loss"] == pytest.approx(clean["train/loss"], abs=1e-5)
@@ -271,13 +272,13 @@ def test_killed_worker_and_resumed_run_match_an_uninterrupted_run(tiny_model_dir
 
 
 @pytest.mark.slow  # two runs
-def test_one_and_two_workers_follow_the_same_trajectory(tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path) -> None:
+def test_one_and_two_workers_follow_the_same_trajectory(tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path, shared_caches: Path) -> None:
     # batch 16 = micro 8 x 2 workers x 1 step = micro 8 x 1 worker x 2 accumulation steps: the same
     # pairs in every global batch (dpo_ray.train.order.micro_batches), so the same losses.
     runs = {}
     for workers in (1, 2):
         out = tmp_path / f"w{workers}"
-        runs[workers] = run(load_config(None, small_overrides(tiny_model_dir, pairs_jsonl, str(out), **{
+        runs[workers] = run(load_config(None, small_overrides(tiny_model_dir, pairs_jsonl, str(out), caches=shared_caches, **{
             "train.num_workers": workers, "train.micro_batch_size": 8, "train.eval_every": 4})))
     h1, h2 = _history(tmp_path / "w1"), _history(tmp_path / "w2")
     for a, b in zip(h1, h2):
@@ -288,9 +289,10 @@ def test_one_and_two_workers_follow_the_same_trajectory(tiny_model_dir: str, pai
 
 @pytest.mark.slow  # three runs
 @pytest.mark.parametrize(("export", "zero_stage"), [("merged", 2), ("adapter", 2), ("merged", 3)])
-def test_lora_run_exports_a_model_that_generates(export: str, zero_stage: int, tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path) -> None:
+def test_lora_run_exports_a_model_that_generates(export: str, zero_stage: int, tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path,
+                                                 shared_caches: Path) -> None:
     out = tmp_path / "lora"
-    summary = run(load_config(None, [*small_overrides(tiny_model_dir, pairs_jsonl, str(out), **{"train.learning_rate": 5e-3, "train.zero_stage": zero_stage}),
+    summary = run(load_config(None, [*small_overrides(tiny_model_dir, pairs_jsonl, str(out), caches=shared_caches, **{"train.learning_rate": 5e-3, "train.zero_stage": zero_stage}),
                                      "model.lora.r=4", "model.lora.target_modules=[q_proj,v_proj]", f"model.lora.export={export}"]))
     assert abs(summary["initial_eval/loss"] - math.log(2)) < 1e-4  # the frozen base is the reference
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
