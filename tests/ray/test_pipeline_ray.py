@@ -103,11 +103,21 @@ SOURCES = {
 
 
 def test_every_source_kind_through_ray_data(tiny_model_dir: str) -> None:
-    from dpo_ray.data.stage import read_rows, tokenize
+    """Every source kind read by the data stage's Ray Data read tasks; the rows tokenized by one
+    TokenizeRows, the class the tokenizer actor pool runs (the run tests run the pool itself: a
+    pool per source kind would only add an actor start each)."""
+    import pandas as pd
+
+    from dpo_ray.data.stage import read_rows
+    from dpo_ray.data.tokenize import TokenizeRows
+
+    tokenize = TokenizeRows(tiny_model_dir, None, max_length=96, max_prompt_length=None, truncation_mode="keep_end",
+                            eval_fraction=0.1)
 
     def tokenized(path: str, extra: list[str]):
         cfg = load_config(None, [f"model.name_or_path={tiny_model_dir}", f"data.path={path}", "data.max_length=96", *extra])
-        return tokenize(cfg, read_rows(cfg)).to_pandas()
+        rows = read_rows(cfg).to_pandas()
+        return pd.DataFrame(tokenize({k: rows[k].to_numpy() for k in rows.columns}))
 
     baseline = None
     for kind, (name, extra) in SOURCES.items():
