@@ -73,8 +73,9 @@ def cache_key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps({"v": KEY_VERSION, **parts}, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def versions() -> dict[str, str]:
-    return {p: version(p) for p in ("torch", "transformers")}
+def versions(packages: tuple[str, ...] = ("torch", "transformers")) -> dict[str, str]:
+    """Installed versions of ``packages`` (a manifest records them; a key may hold them)."""
+    return {p: version(p) for p in packages}
 
 
 class CacheStore:

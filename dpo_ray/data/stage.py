@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from dpo_ray.data.rows import rows_with_prefix, summarize, valid_id_prefixes
 from dpo_ray.data.tokenize import TOKENIZE_VERSION, TokenizeRows
 from dpo_ray.paths import atomic_write
 from dpo_ray.stats import DataStats
-from dpo_ray.store import CacheStore, DataId, cache_key, model_identity
+from dpo_ray.store import CacheStore, DataId, cache_key, model_identity, versions
 
 CACHE_COLUMNS = ["row_id", "row_hash", "split_key", "seq_len", "prompt_ids", "chosen_ids", "rejected_ids", "mixture"]
 
@@ -64,7 +63,7 @@ def tokenized_key(cfg: Config) -> tuple[str, dict[str, Any]] | None:
         "lengths": {"max_length": d.max_length, "max_prompt_length": d.max_prompt_length, "truncation_mode": d.truncation_mode},
         # the ids also depend on the tokenizer libraries (transformers 5 reads tokenizer files differently from 4)
         "tokenize": {"version": TOKENIZE_VERSION, "jointly": d.tokenize_jointly,
-                     "libraries": {p: version(p) for p in ("transformers", "tokenizers")}},
+                     "libraries": versions(("transformers", "tokenizers"))},
         "stage": "tokenized",
     }
     return cache_key(parts), parts
