@@ -131,8 +131,8 @@ class DataConfig:
     tokenize_batch_size: int = 256
     """Rows per tokenization batch."""
     cache_dir: str | None = "~/.cache/dpo_ray/tokenized"
-    """Tokenized rows kept by content key (inputs, tokenizer, format, lengths; local, s3:// or gs://;
-    null: off); a rerun with the same key skips tokenization. A hub dataset needs data.revision pinned."""
+    """Tokenized rows kept as Parquet by content key (inputs, tokenizer, format, lengths; local, s3://,
+    gs://; null: off); a rerun with the same key skips tokenization. A hub dataset needs data.revision pinned."""
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.sources]
@@ -161,7 +161,8 @@ class ReferenceConfig:
     num_gpus_per_actor: float = 0.0
     """GPUs each scoring actor reserves (0 on CPU machines)."""
     batch_size: int = 256
-    """Pairs per scoring call, scored rows_per_forward rows at a time (a larger call pads less)."""
+    """Pairs per scoring call, scored rows_per_forward rows at a time (memory is bounded by
+    rows_per_forward; a larger call pads less)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Scoring dtype: auto is bfloat16 when the actor has a GPU, float32 otherwise."""
     cache_dir: str | None = "~/.cache/dpo_ray/reference"
@@ -318,22 +319,20 @@ class TrainConfig:
     resume_from: str | None = None
     """A stopped run's output_dir (or one of its checkpoint folders) to continue, same worker count."""
     group_by_length: bool = True
-    """Length-sort each window of micro-batches' pairs, cut, then shuffle the micro-batches (train/order.py)."""
+    """Length-sort each window of micro-batches' pairs, cut, then shuffle the micro-batches (seeded, per epoch)."""
     length_group_window: int = 32
     """Micro-batches per length-grouping window."""
     logps_chunk_size: int | None = None
     """LM head this many positions at a time (recomputed in backward): no full (2B, T, vocab) logits."""
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
-    """Live metric sinks, as TRL's report_to: tensorboard (<output_dir>/tensorboard), mlflow; [] for none."""
+    """Live metric sinks, as TRL's report_to: tensorboard (<output_dir>/tensorboard, written at each
+    report) and mlflow (MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME); [] for none."""
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.report_to) - set(REPORT_TO))
-        positive = {
-            "max_steps": self.max_steps, "batch_size": self.batch_size, "micro_batch_size": self.micro_batch_size,
-            "num_workers": self.num_workers, "eval_every": self.eval_every, "logging_steps": self.logging_steps,
-            "length_group_window": self.length_group_window,
-            **({} if self.cpus_per_worker == "auto" else {"cpus_per_worker": self.cpus_per_worker}),
-        }
+        names = ("max_steps", "batch_size", "micro_batch_size", "num_workers", "eval_every", "logging_steps",
+                 "length_group_window", *(() if self.cpus_per_worker == "auto" else ("cpus_per_worker",)))
+        positive = {name: getattr(self, name) for name in names}
         per_step = self.micro_batch_size * self.num_workers
         require(
             (not unknown, f"train.report_to: unknown {unknown}; choose from {list(REPORT_TO)}"),

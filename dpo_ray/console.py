@@ -1,4 +1,4 @@
-"""What a run prints on the driver: our stage lines, progress and the summary (orchestration ring).
+"""Ray started quietly on the driver (orchestration ring; progress lines: tracking.py and screen.py).
 
 By default Ray's own output stays in its session folder (``<temp dir>/<session>/logs``; the summary
 names it): the workers' and actors' stdout/stderr are not streamed to the driver

@@ -1,8 +1,9 @@
 """Test-only fault hooks behind one switch: the environment variable DPO_RAY_TEST_FAULTS.
 
-It holds a JSON object, read once on the driver (run.run) and passed to the workers explicitly
-(train_loop_config["faults"], the reference scorer's constructor), so nothing hidden crosses a
-process boundary. No run signature carries a test hook. Keys (each optional):
+It holds a JSON object, read where a run is launched (run.run for the train workers,
+reference/stage.score_reference for the scorer actors: the process that calls run(), a sweep trial's
+included) and passed to the workers explicitly (train_loop_config["faults"], the scorer's
+constructor), so nothing hidden crosses a process boundary. No run signature carries a test hook. Keys (each optional):
 
   {"train_crash_at_step": N, "train_marker": path}        the last train worker dies once at step N
   {"reference_crash_at_call": K, "reference_marker": path} the first scorer actor to reach call K dies once

@@ -3,7 +3,8 @@
 For ``output_dir=s3://...`` / ``gs://...`` (any URI pyarrow opens, ``file://`` included) the run
 writes to a local staging folder and uploads it when the run ends, ``metrics.json`` last: a reader
 that finds ``metrics.json`` finds a finished run. Ray Train writes its checkpoints to
-``<output_dir>/ray`` itself, so workers on any node reach them. No Ray import here: ``write_outputs`` reads the result's checkpoint as a local folder.
+``<output_dir>/ray`` itself, so workers on any node reach them. No Ray import here: ``write_outputs``
+reads the result's checkpoint as a local folder.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import pyarrow.fs as pafs
 
 from dpo_ray.config import Config, ConfigError
 from dpo_ray.paths import atomic_write, is_remote, join
-from dpo_ray.plots import plot_curves, write_tensorboard
 from dpo_ray.train.stopping import TrainingError
 
 FINISHED_MARK = "metrics.json"
@@ -78,6 +78,9 @@ def _open(uri: str) -> tuple[pafs.FileSystem, str]:
 
 def write_outputs(cfg: Config, out: Path, result: Any, run_stats: dict[str, Any]) -> dict[str, Any]:
     """model/ (moved in last, atomically), metrics.json, metrics_history.jsonl (config.yaml is written before training)."""
+    # matplotlib loads here, where curves are drawn: the entry scripts' preflight imports this module.
+    from dpo_ray.plots import plot_curves, write_tensorboard
+
     out.mkdir(parents=True, exist_ok=True)
     with result.checkpoint.as_directory() as ckpt:
         history = json.loads(Path(ckpt, "history.json").read_text())

@@ -187,7 +187,11 @@ def _check_hub_model(name: str, revision: str | None, trust_remote_code: bool) -
     repo and revision resolve (config.json, a few hundred bytes, lands in the hub cache)."""
     from huggingface_hub import constants, hf_hub_download, snapshot_download
     from huggingface_hub.errors import (
-        EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError,
+        EntryNotFoundError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
     )
 
     key, rev = f"model.name_or_path={name}", revision or "main"

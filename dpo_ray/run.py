@@ -34,6 +34,7 @@ from dpo_ray.train.resources import resolve_auto
 from dpo_ray.train.stopping import total_steps
 from dpo_ray.train.trainer import build_trainer, fit, split_and_order
 
+
 def run(
     config: Config,
     *,

@@ -2,7 +2,7 @@
 one per evaluation, printed by the driver.
 
 Pure ring (no Ray): the entry scripts set the switch before Ray loads. Ray Train hands every report
-to a callback in its controller process (console.ProgressReports), which runs on the driver's node;
+to a callback in its controller process (tracking.ProgressReports), which runs on the driver's node;
 the callback turns reports into lines (``ProgressLines``) and appends them to a file in the local
 output folder, and the driver prints them as they come (``follow``): one live bar line when stderr is
 a terminal, plain lines otherwise (a log file, `ray job logs`). So each line is printed once, by the

@@ -27,8 +27,8 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from dpo_ray.paths import file_sha256, hash_files, is_remote
 from dpo_ray.data.report import hash_sum
+from dpo_ray.paths import file_sha256, hash_files, is_remote
 
 KEY_VERSION = 3  # 3: the data part is DataId (row count + sum of row hashes)
 """Bump when what the scorer computes or stores changes; old entries then miss (2: the mixture column)."""

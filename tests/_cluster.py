@@ -30,7 +30,7 @@ def free_port() -> int:
 
 def ray_env() -> dict[str, str]:
     """This process's environment for Ray CLI calls: no inherited RAY_ADDRESS, token auth on
-    (RAY-DEEPSPEED-NOTES.md: every node, driver and `ray job` call needs RAY_AUTH_MODE=token)."""
+    (with Ray 2.60 token auth every node, driver and `ray job` call needs RAY_AUTH_MODE=token)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONUNBUFFERED"] = "1"
     env["RAY_AUTH_MODE"] = "token"

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _pytest.mark.expression import Expression
+from _pytest.mark.expression import Expression  # pytest's own -m parser (private; pytest is pinned >= 8 in the dev extra)
 
 from dpo_ray.toy import build_tiny_model, make_preference_rows
 

@@ -17,7 +17,7 @@ from dpo_ray.data.report import summarize_block
 
 
 def summarize(flags: Any, duplicates: frozenset[str]) -> Any:
-    """One block of flags -> one row holding its summary (data_report.summarize_block) as JSON."""
+    """One block of flags -> one row holding its summary (data.report.summarize_block) as JSON."""
     import pandas as pd
 
     return pd.DataFrame({"summary": [json.dumps(summarize_block(flags, duplicates))]})
@@ -25,7 +25,7 @@ def summarize(flags: Any, duplicates: frozenset[str]) -> Any:
 
 def column_sums(batch: dict[str, np.ndarray], columns: tuple[str, ...]) -> dict[str, np.ndarray]:
     """One block -> one row: the sum of each of ``columns`` (the driver adds the rows up; Ray's
-    Dataset.sum is a hash shuffle, 3 s for a few thousand rows)."""
+    Dataset.sum is a hash shuffle, far slower at this size: bench/PROFILE.md)."""
     return {c: np.array([int(np.sum(batch[c]))], dtype=np.int64) for c in columns}
 
 

@@ -18,7 +18,14 @@ from ray.data.expressions import col
 
 from dpo_ray.config import Config
 from dpo_ray.data.parse import (
-    DataError, expand_paths, input_identity, is_saved_dataset, load_hf_table, normalize_table, parse_file, source_kind,
+    DataError,
+    expand_paths,
+    input_identity,
+    is_saved_dataset,
+    load_hf_table,
+    normalize_table,
+    parse_file,
+    source_kind,
 )
 from dpo_ray.data.report import build_data_report, merge_summaries, source_order
 from dpo_ray.data.rows import rows_with_prefix, summarize, valid_id_prefixes
@@ -46,7 +53,7 @@ def prepare_pairs(cfg: Config, out: Path) -> tuple[ray.data.Dataset, DataStats, 
 
 def tokenized_key(cfg: Config) -> tuple[str, dict[str, Any]] | None:
     """The tokenized-rows cache key: input contents, tokenizer identity, format and length settings.
-    None when the input cannot be pinned (see data.input_identity)."""
+    None when the input cannot be pinned (see data.parse.input_identity)."""
     d = cfg.data
     if d.sources:
         inputs: Any = [input_identity(s.path, split=s.split, subset=s.subset, revision=s.revision) for s in d.sources]

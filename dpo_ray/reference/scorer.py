@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from dpo_ray.train.collate import collate_pairs
-from dpo_ray.train.logprobs import sorted_sequence_stats, split_pairs
 from dpo_ray.faults import fires_once
 from dpo_ray.modeling import load_model, load_tokenizer, resolve_dtype
+from dpo_ray.train.collate import collate_pairs
+from dpo_ray.train.logprobs import sorted_sequence_stats, split_pairs
 
 
 class ReferenceScorer:

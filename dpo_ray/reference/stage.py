@@ -20,6 +20,7 @@ from dpo_ray.reference.scorer import ReferenceScorer
 from dpo_ray.stats import RefStats
 from dpo_ray.store import CacheStore, DataId, cache_key, model_identity, versions
 
+
 def reference_key(cfg: Config, data_id: DataId) -> tuple[str, dict[str, Any]]:
     """The cache key: model and tokenizer identity, tokenized data, dtype, length settings."""
     ref, d = cfg.reference, cfg.data

@@ -6,7 +6,6 @@ from typing import Any
 
 from dpo_ray.config import TrainConfig
 
-
 MIN_BUCKET = 5_000_000  # elements: a floor so small models do not reduce in thousands of tiny pieces
 
 

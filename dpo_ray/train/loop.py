@@ -27,10 +27,10 @@ from transformers import get_scheduler
 from dpo_ray.config import Config
 from dpo_ray.config_load import from_dict
 from dpo_ray.faults import fires_once
-from dpo_ray.train.ds_config import build_ds_config
-from dpo_ray.train.metrics import SUM_FIELDS, finalize, metric_sums
 from dpo_ray.modeling import add_lora, load_model, load_tokenizer, resolve_dtype
 from dpo_ray.train.checkpoint import RunState, restore, save_checkpoint
+from dpo_ray.train.ds_config import build_ds_config
+from dpo_ray.train.metrics import SUM_FIELDS, finalize, metric_sums
 from dpo_ray.train.objective import batch_objective
 from dpo_ray.train.order import EvalShard, micro_batches
 from dpo_ray.train.stopping import Stopper

@@ -1,6 +1,6 @@
 """The DPO loss family: one small function per loss over per-pair tensors, picked by one match.
 
-Pure ring: no Ray import. Formulas and sources: ../shared/DPO-LOSSES.md (and the README's table).
+Pure ring: no Ray import. Formulas and sources: each function's docstring and the README's Losses table.
 Every tensor is per pair, shape (B,); log-probs are SUMMED over completion tokens.
 Notation: rho = policy - reference log-prob; s = f-divergence score; Delta = s(rho_c) - s(rho_r).
 """

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dpo_ray.train.collate import collate_pairs, count_tokens
 from dpo_ray.config import LossConfig
+from dpo_ray.train.collate import collate_pairs, count_tokens
 from dpo_ray.train.logprobs import SequenceStats, forward_sequence_stats, split_pairs
 from dpo_ray.train.losses import PairLogps, PreferenceLoss, ld_logps, preference_loss, wpo_weights
 

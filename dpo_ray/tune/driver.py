@@ -28,14 +28,14 @@ from ray.train.v2.api.callback import UserCallback
 
 from dpo_ray.config import Config, ConfigError
 from dpo_ray.config_load import resolve_paths
-from dpo_ray.paths import atomic_write, is_remote
 from dpo_ray.console import start_ray
-from dpo_ray.run import Prepared, precompute_reference, prepare_datasets, run
-from dpo_ray.stats import StageStats
+from dpo_ray.paths import atomic_write, is_remote
 from dpo_ray.plots import plot_sweep
 from dpo_ray.preflight import preflight_sweep
-from dpo_ray.tune.settings import TuneSettings, apply_params, sort_rows
+from dpo_ray.run import Prepared, precompute_reference, prepare_datasets, run
+from dpo_ray.stats import StageStats
 from dpo_ray.tracking import is_number
+from dpo_ray.tune.settings import TuneSettings, apply_params, sort_rows
 
 STATE_FILE = "sweep_config.yaml"
 """The base config and tune settings, written when a sweep starts; --resume reads them back."""

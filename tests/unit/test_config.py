@@ -47,6 +47,8 @@ def test_int_is_accepted_for_float() -> None:
         ("train.zero_stage=4", "train.zero_stage=4: must be one of 'auto', 0, 1, 2, 3"),
         ("train.lr_scheduler=step", "train.lr_scheduler='step': must be one of"),
         ("loss.beta=-1", "loss.beta=-1.0: must be > 0"),
+        ("loss.beta=.nan", "loss.beta=nan: must be > 0"),  # a NaN passes no range check
+        ("train.learning_rate=.nan", "train.learning_rate=nan: must be > 0"),
         ("data.eval_fraction=1.5", "data.eval_fraction=1.5"),
         ("train.batch_size=30", "train.batch_size=30 is not a multiple"),
         ("loss=3", "loss: expected a mapping"),

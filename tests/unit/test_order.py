@@ -52,7 +52,7 @@ def pairs(n: int, mixture: Iterable[int] | None = None, seed: int = 0) -> Batch:
 
 def ordered(batch: Batch, seed: int, rates: list[float] | None = None) -> Batch:
     """The Ray stage's train set: mixture copies (when rates), the sort on the seeded order key,
-    the helper columns dropped (run.deterministic_shuffle)."""
+    the helper columns dropped (train.trainer.deterministic_shuffle)."""
     if rates is not None:
         batch = mixture_copies(batch, rates, seed)
     keyed = add_order_key(batch, seed)
