@@ -1,7 +1,7 @@
 """Training memory: model-state memory and peak memory per worker, ZeRO-2 vs ZeRO-3, 1 and 2 workers.
 
 python bench/memory.py [--hidden 768 --layers 12]   -> bench/results/memory.json
-python bench/memory.py --smoke --results-dir /tmp/x   -> a 2-layer, 64-wide model (the code path only)
+python bench/memory.py --smoke --results-dir /tmp/x   -> a 2-layer, 64-wide model, ZeRO-3 only (the code path)
 
 Issue 6: on a model large enough that weights dominate, ZeRO-3's per-worker model-state memory with
 2 workers must be <= 0.6x of 1 worker. Each run is the real pipeline (pipeline.run) for 2 steps; the
@@ -33,6 +33,12 @@ from dpo_ray.toy import build_tiny_model, make_preference_rows  # noqa: E402
 TARGET = 0.6
 
 
+def run_plan(smoke: bool) -> list[tuple[int, int]]:
+    """(ZeRO stage, workers) of each run. --smoke runs ZeRO-3 with 1 and 2 workers (the target's ratio):
+    a ZeRO-2 run is the same run() with another stage number (throughput's smoke trains with ZeRO-2)."""
+    return [(3, 1), (3, 2)] if smoke else [(zero, workers) for zero in (2, 3) for workers in (1, 2)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hidden", type=int, default=768)
@@ -54,29 +60,30 @@ def main() -> None:
 
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     runs = []
-    for zero in (2, 3):
-        for workers in (1, 2):
-            out = work / f"run-z{zero}-w{workers}"
-            cfg = load_config(None, [
-                f"model.name_or_path={model_dir}", f"data.path={data}", "data.max_length=48", "data.eval_fraction=0.05",
-                "loss.type=simpo", "loss.beta=2.0", f"train.zero_stage={zero}", f"train.num_workers={workers}",
-                "train.cpus_per_worker=1", "train.max_steps=2", "train.batch_size=4", "train.micro_batch_size=2",
-                "train.eval_every=100", "train.logging_steps=1", "train.learning_rate=1e-5", "train.report_to=[]",
-                f"output_dir={out}", f"data.cache_dir={work / 'datacache'}",
-            ])
-            start = time.perf_counter()
-            summary = run(cfg)
-            row = {"zero_stage": zero, "workers": workers,
-                   "model_state_mib_per_worker": round(summary["perf/model_state_mib"], 1),
-                   "peak_memory_mib_per_worker": round(summary["perf/peak_memory_mib"], 1),
-                   "run_seconds": round(time.perf_counter() - start, 1)}
-            runs.append(row)
-            print(row, flush=True)
+    plan = run_plan(args.smoke)
+    for zero, workers in plan:
+        out = work / f"run-z{zero}-w{workers}"
+        cfg = load_config(None, [
+            f"model.name_or_path={model_dir}", f"data.path={data}", "data.max_length=48", "data.eval_fraction=0.05",
+            "loss.type=simpo", "loss.beta=2.0", f"train.zero_stage={zero}", f"train.num_workers={workers}",
+            "train.cpus_per_worker=1", "train.max_steps=2", "train.batch_size=4", "train.micro_batch_size=2",
+            "train.eval_every=100", "train.logging_steps=1", "train.learning_rate=1e-5", "train.report_to=[]",
+            f"output_dir={out}", f"data.cache_dir={work / 'datacache'}",
+        ])
+        start = time.perf_counter()
+        summary = run(cfg)
+        row = {"zero_stage": zero, "workers": workers,
+               "model_state_mib_per_worker": round(summary["perf/model_state_mib"], 1),
+               "peak_memory_mib_per_worker": round(summary["perf/peak_memory_mib"], 1),
+               "run_seconds": round(time.perf_counter() - start, 1)}
+        runs.append(row)
+        print(row, flush=True)
     by = {(r["zero_stage"], r["workers"]): r for r in runs}
+    stages = sorted({zero for zero, _ in plan})
     ratios = {f"zero{z}_2_vs_1_workers": round(by[(z, 2)]["model_state_mib_per_worker"] / by[(z, 1)]["model_state_mib_per_worker"], 3)
-              for z in (2, 3)}
+              for z in stages}
     peak_ratios = {f"zero{z}_peak_2_vs_1_workers": round(by[(z, 2)]["peak_memory_mib_per_worker"] / by[(z, 1)]["peak_memory_mib_per_worker"], 3)
-                   for z in (2, 3)}
+                   for z in stages}
     path = write_result("memory", {
         "command": "python bench/memory.py " + ("--smoke" if args.smoke else f"--hidden {args.hidden} --layers {args.layers}"),
         "notes": (f"Llama built from config, {params / 1e6:.1f}M parameters, fp32 on CPU (gloo), AdamW; 2 steps of "

@@ -1,7 +1,8 @@
 """Model FLOPs utilisation of dpo_ray's training stage against this machine's measured matmul peak.
 
 python bench/mfu.py [--hidden 512 --layers 12 --steps 5]   -> bench/results/mfu.json
-python bench/mfu.py --smoke --results-dir /tmp/x            -> a 2-layer, 64-wide model, 3 steps
+python bench/mfu.py --smoke --results-dir /tmp/x            -> a 2-layer, 64-wide model, 3 steps, the peak of
+                                                               256 and 512 matmuls (the full sizes' time is mostly n=4096)
 
 Issue 9: achieved model FLOP/s = 6 x parameters x trained (real) tokens per second (the reference
 pass does not run in dpo_ray's training stage: its log-probs come from the cache), over the peak of
@@ -37,9 +38,10 @@ from dpo_ray.toy import build_tiny_model, make_preference_rows  # noqa: E402
 
 TARGET = 0.40
 SEQ = 512
+PEAK_SIZES, SMOKE_PEAK_SIZES = (1024, 2048, 4096), (256, 512)
 
 
-def matmul_peak(dtype: torch.dtype, device: str, sizes: tuple[int, ...] = (1024, 2048, 4096), seconds: float = 2.0) -> dict[str, Any]:
+def matmul_peak(dtype: torch.dtype, device: str, sizes: tuple[int, ...] = PEAK_SIZES, seconds: float = 2.0) -> dict[str, Any]:
     """Best FLOP/s of an n x n @ n x n matmul over ``sizes`` (2 n^3 FLOPs each), ~``seconds`` each."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     best: dict[str, Any] = {"flops_per_second": 0.0}
@@ -85,7 +87,7 @@ def main() -> None:
     dtype = torch.bfloat16 if use_gpu else torch.float32
     if not use_gpu:
         torch.set_num_threads(args.workers)  # the cores the workers use (1 CPU each)
-    peak = matmul_peak(dtype, "cuda" if use_gpu else "cpu", seconds=0.5 if args.smoke else 2.0)
+    peak = matmul_peak(dtype, "cuda" if use_gpu else "cpu", SMOKE_PEAK_SIZES if args.smoke else PEAK_SIZES, 0.5 if args.smoke else 2.0)
     if use_gpu:  # one GPU per worker: the peak of all of them
         peak["flops_per_second"] *= args.workers
     ray.init(address="local", num_cpus=max(args.workers, 2), log_to_driver=False, include_dashboard=False)

@@ -1,7 +1,8 @@
 """Learning parity with TRL: the same DPO run in dpo_ray and in TRL's DPOTrainer, sigmoid and ipo, 3 seeds.
 
 python bench/parity.py [--steps 30 --seeds 0,1,2]   -> bench/results/parity.json
-python bench/parity.py --smoke --results-dir /tmp/x  -> 1 seed, 4 steps, sigmoid only
+python bench/parity.py --smoke --results-dir /tmp/x  -> 1 seed, 4 steps, sigmoid only, the first 400 pairs,
+                                                       TRL in this process
 
 Issue 9: after the same number of steps the held-out rewards/accuracies, reward margins and eval loss
 must agree within noise. Both arms train the quickstart model on the quickstart pairs with the same
@@ -25,14 +26,13 @@ import importlib.util
 import json
 import math
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import ray
 
-from common import REPO, RESULTS, scratch_dir, write_result
+from common import REPO, RESULTS, head_pairs, run_in_repo, scratch_dir, write_result
 
 sys.path.insert(0, str(REPO))
 
@@ -42,11 +42,15 @@ from dpo_ray.run import run  # noqa: E402
 METRICS = ("eval/rewards/accuracies", "eval/rewards/margins", "eval/loss")
 LOSSES = {"sigmoid": [], "ipo": []}  # loss -> extra dpo_ray overrides (none: both use beta 0.1)
 ABS_TOLERANCE = 0.01
+QUICKSTART = REPO / "pipelines" / "configs" / "quickstart.yaml"
+SMOKE_PAIRS = 400  # of the quickstart's 3,000: 4 steps of 32 and a ~40-pair eval split; tokenizing, scoring and TRL's map cost less
 
 
-def dpo_ray_run(loss: str, seed: int, steps: int, work: Path) -> dict[str, float]:
+def dpo_ray_run(loss: str, seed: int, steps: int, work: Path, data: str | None) -> dict[str, float]:
+    """pipeline.run on quickstart.yaml (its pairs, or ``data``)."""
     out = work / f"dpo_ray-{loss}-{seed}"
-    cfg = load_config(str(REPO / "pipelines" / "configs" / "quickstart.yaml"), [
+    cfg = load_config(str(QUICKSTART), [
+        *([f"data.path={data}"] if data else []),
         f"loss.type={loss}", f"train.seed={seed}", f"train.max_steps={steps}", f"train.eval_every={steps}",
         "train.group_by_length=false",  # batches drawn as TRL draws them, not of similar lengths
         "train.report_to=[]", f"output_dir={out}", f"data.cache_dir={work / 'cache' / 'tokenized'}",
@@ -56,11 +60,12 @@ def dpo_ray_run(loss: str, seed: int, steps: int, work: Path) -> dict[str, float
     return {**{k: m[k] for k in METRICS}, **{f"initial_{k}": m[f"initial_{k}"] for k in METRICS}}
 
 
-def trl_run(loss: str, seed: int, steps: int, work: Path) -> dict[str, float]:
+def trl_run(loss: str, seed: int, steps: int, work: Path, data: str | None, in_process: bool) -> dict[str, float]:
+    """bench/trl_dpo.py (its defaults are the quickstart's model and pairs, or ``data``), a subprocess or ``in_process``."""
     out = work / f"trl-{loss}-{seed}.json"
-    subprocess.run([sys.executable, "bench/trl_dpo.py", "--beta", "0.1", "--learning-rate", "1e-3", "--max-steps", str(steps),
-                    "--eval-every", str(steps), "--logging-steps", str(steps), "--loss-type", loss, "--seed", str(seed),
-                    "--out", str(out)], cwd=REPO, check=True, capture_output=True)
+    run_in_repo([sys.executable, "bench/trl_dpo.py", "--beta", "0.1", "--learning-rate", "1e-3", "--max-steps", str(steps),
+                 "--eval-every", str(steps), "--logging-steps", str(steps), "--loss-type", loss, "--seed", str(seed),
+                 *(["--data", data] if data else []), "--out", str(out)], in_process=in_process)
     m = json.loads(out.read_text())
     return {**{k: m[k] for k in METRICS}, **{f"initial_{k}": m[f"initial_{k}"] for k in METRICS}}
 
@@ -92,12 +97,15 @@ def main() -> None:
     ray.init(address="local", num_cpus=2, log_to_driver=False, include_dashboard=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     work = scratch_dir("bench-parity-")
+    quickstart_pairs = REPO / load_config(str(QUICKSTART), []).data.path
+    data = head_pairs(quickstart_pairs, SMOKE_PAIRS, work / "smoke-pairs.jsonl") if args.smoke else None
     runs, table = [], []
     for loss in losses:
         per_arm: dict[str, list[dict[str, float]]] = {"dpo_ray": [], "trl": []}
         for seed in seeds:
-            for arm, fn in (("dpo_ray", dpo_ray_run), ("trl", trl_run)):
-                m = fn(loss, seed, args.steps, work)
+            for arm in ("dpo_ray", "trl"):
+                m = (dpo_ray_run(loss, seed, args.steps, work, data) if arm == "dpo_ray"
+                     else trl_run(loss, seed, args.steps, work, data, in_process=args.smoke))
                 per_arm[arm].append(m)
                 runs.append({"loss": loss, "seed": seed, "arm": arm, **{k: round(v, 4) for k, v in m.items()}})
                 print(runs[-1], flush=True)

@@ -1,7 +1,8 @@
 """An 8-trial sweep against 8 separate pipelines/dpo.py runs (no shared cache) and 8 TRL DPOTrainer runs.
 
 python bench/sweep.py [--steps 60] [--results-dir DIR]   -> bench/results/sweep.json, then bench/report.py
-python bench/sweep.py --smoke --results-dir /tmp/x       -> 2 configs x 4 steps, every arm (TRL only if installed)
+python bench/sweep.py --smoke --results-dir /tmp/x       -> a 2-config sweep, 4 steps, 400 pairs, every arm
+                                                            (TRL if installed) in this process; see arm_configs
 Issue 7: k trials should cost k training runs plus ONE reference pass. All three arms train the same
 (beta, learning rate) grid on pipelines/configs/sweep.yaml's model, data and settings (1 worker,
 batch 32 = 2 x 16, max_length 64, cosine schedule, eval every 20 steps), each from fresh caches.
@@ -22,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from common import REPO, RESULTS, machine, run_in_repo
+from common import REPO, RESULTS, head_pairs, machine, run_in_repo
 
 sys.path.insert(0, str(REPO))
 
@@ -33,11 +34,25 @@ SWEEP_YAML = REPO / "pipelines" / "configs" / "sweep.yaml"
 BETAS = (0.05, 0.1, 0.3, 0.5)
 LEARNING_RATES = (3e-4, 1e-3)
 SMOKE_BETAS, SMOKE_LEARNING_RATES, SMOKE_STEPS = (0.1, 0.5), (1e-3,), 4
+SMOKE_PAIRS = 400  # of sweep.yaml's 3,000: 4 steps of 32 and a ~40-pair eval split; tokenizing, scoring and TRL's map cost less
 
 
-def timed(cmd: list[str]) -> float:
-    """Run ``cmd`` in the repo root (a fresh local Ray); its wall seconds."""
-    return run_in_repo(cmd)[1]
+def timed(cmd: list[str], in_process: bool) -> float:
+    """Run ``cmd`` in the repo root (a fresh local Ray, or this process's under --smoke); its wall seconds."""
+    return run_in_repo(cmd, in_process=in_process)[1]
+
+
+def grid_axes(smoke: bool) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The sweep's (betas, learning rates)."""
+    return (SMOKE_BETAS, SMOKE_LEARNING_RATES) if smoke else (BETAS, LEARNING_RATES)
+
+
+def arm_configs(smoke: bool) -> dict[str, list[tuple[float, float]]]:
+    """The (beta, learning rate) configs each arm trains. The sweep arm trains the whole grid (its point:
+    k trials, one reference pass). --smoke runs the separate and TRL arms on the first config only: a
+    further pipelines/dpo.py or bench/trl_dpo.py run is the same call with other numbers."""
+    configs = list(itertools.product(*grid_axes(smoke)))
+    return {"sweep": configs, "separate": configs[:1] if smoke else configs, "trl": configs[:1] if smoke else configs}
 
 
 def grid(values: tuple[float, ...]) -> str:
@@ -45,23 +60,35 @@ def grid(values: tuple[float, ...]) -> str:
     return yaml.safe_dump({"grid": list(values)}, default_flow_style=True).strip()
 
 
-def run_config(work: Path) -> tuple[Path, Config]:
-    """sweep.yaml without its tune: group: the run config every separate run starts from."""
+def sweep_config(work: Path, smoke: bool) -> Path:
+    """sweep.yaml, or under --smoke a copy that trains on its first SMOKE_PAIRS pairs."""
+    if not smoke:
+        return SWEEP_YAML
     raw = yaml.safe_load(SWEEP_YAML.read_text())
+    raw["data"]["path"] = head_pairs(REPO / raw["data"]["path"], SMOKE_PAIRS, work / "smoke-pairs.jsonl")
+    path = work / "sweep.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def run_config(work: Path, sweep_yaml: Path) -> tuple[Path, Config]:
+    """The sweep config without its tune: group: the run config every separate run starts from."""
+    raw = yaml.safe_load(sweep_yaml.read_text())
     raw.pop("tune")
     path = work / "run.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path, load_config(path)
 
 
-def sweep_arm(work: Path, betas: tuple[float, ...], lrs: tuple[float, ...], steps: int) -> tuple[float, int, list[dict[str, Any]]]:
+def sweep_arm(work: Path, sweep_yaml: Path, betas: tuple[float, ...], lrs: tuple[float, ...], steps: int,
+              in_process: bool) -> tuple[float, int, list[dict[str, Any]]]:
     """One pipelines/sweep.py grid, no early stopping: (wall s, ref/scoring_runs, a row per trial)."""
     out = work / "sweep"
-    wall = timed([sys.executable, "pipelines/sweep.py", "--config", str(SWEEP_YAML), "tune.searcher=grid",
+    wall = timed([sys.executable, "pipelines/sweep.py", "--config", str(sweep_yaml), "tune.searcher=grid",
                   "tune.scheduler=none", "tune.num_samples=1", f"tune.search_space.loss.beta={grid(betas)}",
                   f"tune.search_space.train.learning_rate={grid(lrs)}", f"train.max_steps={steps}", "train.num_workers=1",
                   f"output_dir={out}", f"reference.cache_dir={work / 'sweep-ref-cache'}",
-                  f"data.cache_dir={work / 'sweep-data-cache'}"])
+                  f"data.cache_dir={work / 'sweep-data-cache'}"], in_process)
     summary = json.loads((out / "sweep.json").read_text())
     with (out / "trials.csv").open() as f:
         trials = list(csv.DictReader(f))
@@ -74,14 +101,14 @@ def sweep_arm(work: Path, betas: tuple[float, ...], lrs: tuple[float, ...], step
     return wall, summary["ref/scoring_runs"], sorted(rows, key=lambda r: (r["beta"], r["learning_rate"]))
 
 
-def separate_arm(work: Path, run_yaml: Path, configs: list[tuple[float, float]], steps: int) -> list[dict[str, Any]]:
+def separate_arm(work: Path, run_yaml: Path, configs: list[tuple[float, float]], steps: int, in_process: bool) -> list[dict[str, Any]]:
     """pipelines/dpo.py once per config, each with its own empty reference and tokenized caches."""
     rows = []
     for i, (beta, lr) in enumerate(configs):
         run = work / f"separate-{i}"
         wall = timed([sys.executable, "pipelines/dpo.py", "--config", str(run_yaml), f"loss.beta={beta}",
                       f"train.learning_rate={lr}", f"train.max_steps={steps}", f"output_dir={run / 'out'}",
-                      f"reference.cache_dir={run / 'ref-cache'}", f"data.cache_dir={run / 'data-cache'}"])
+                      f"reference.cache_dir={run / 'ref-cache'}", f"data.cache_dir={run / 'data-cache'}"], in_process)
         m = json.loads((run / "out" / "metrics.json").read_text())
         rows.append({
             "arm": "separate", "beta": beta, "learning_rate": lr, "wall_s": round(wall, 1),
@@ -93,7 +120,7 @@ def separate_arm(work: Path, run_yaml: Path, configs: list[tuple[float, float]],
     return rows
 
 
-def trl_arm(work: Path, cfg: Config, configs: list[tuple[float, float]], steps: int) -> list[dict[str, Any]]:
+def trl_arm(work: Path, cfg: Config, configs: list[tuple[float, float]], steps: int, in_process: bool) -> list[dict[str, Any]]:
     """bench/trl_dpo.py once per config with the run config's settings."""
     t, d = cfg.train, cfg.data
     rows = []
@@ -105,7 +132,7 @@ def trl_arm(work: Path, cfg: Config, configs: list[tuple[float, float]], steps: 
                       "--max-length", str(d.max_length), "--eval-fraction", str(d.eval_fraction),
                       "--eval-every", str(t.eval_every), "--logging-steps", str(t.logging_steps),
                       "--warmup-ratio", str(t.warmup_ratio), "--lr-scheduler", t.lr_scheduler,
-                      "--loss-type", cfg.loss.type[0], "--seed", str(t.seed), "--out", str(out)])
+                      "--loss-type", cfg.loss.type[0], "--seed", str(t.seed), "--out", str(out)], in_process)
         m = json.loads(out.read_text())
         rows.append({
             "arm": "trl", "beta": beta, "learning_rate": lr, "wall_s": round(wall, 1), "run_s": round(m["seconds"], 1),
@@ -126,27 +153,27 @@ def arm_summary(arm: str, total: float, rows: list[dict[str, Any]], scoring: int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=None, help="train.max_steps of every run (default: sweep.yaml's, 60)")
-    parser.add_argument("--smoke", action="store_true", help=f"{len(SMOKE_BETAS) * len(SMOKE_LEARNING_RATES)} configs x {SMOKE_STEPS} steps")
+    parser.add_argument("--smoke", action="store_true", help=f"a {len(SMOKE_BETAS) * len(SMOKE_LEARNING_RATES)}-config sweep, {SMOKE_STEPS} steps")
     parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where sweep.json goes (default: bench/results)")
     args = parser.parse_args()
-    betas, lrs = (SMOKE_BETAS, SMOKE_LEARNING_RATES) if args.smoke else (BETAS, LEARNING_RATES)
-    configs = list(itertools.product(betas, lrs))
+    plan = arm_configs(args.smoke)
     with_trl = importlib.util.find_spec("trl") is not None
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         work = Path(tmp)
-        run_yaml, cfg = run_config(work)
+        sweep_yaml = sweep_config(work, args.smoke)
+        run_yaml, cfg = run_config(work, sweep_yaml)
         steps = args.steps or (SMOKE_STEPS if args.smoke else cfg.train.max_steps)
-        sweep_wall, scoring_runs, sweep_rows = sweep_arm(work, betas, lrs, steps)
+        sweep_wall, scoring_runs, sweep_rows = sweep_arm(work, sweep_yaml, *grid_axes(args.smoke), steps, args.smoke)
         print({"sweep_wall_s": round(sweep_wall, 1), "ref/scoring_runs": scoring_runs}, flush=True)
-        separate_rows = separate_arm(work, run_yaml, configs, steps)
-        trl_rows = trl_arm(work, cfg, configs, steps) if with_trl else []
+        separate_rows = separate_arm(work, run_yaml, plan["separate"], steps, args.smoke)
+        trl_rows = trl_arm(work, cfg, plan["trl"], steps, args.smoke) if with_trl else []
     separate_wall = sum(r["wall_s"] for r in separate_rows)
     arms = [arm_summary("sweep", sweep_wall, sweep_rows, scoring_runs),
             arm_summary("separate", separate_wall, separate_rows, sum(r["reference_scored"] for r in separate_rows))]
     result: dict[str, Any] = {
         "command": "python bench/sweep.py" + (" --smoke" if args.smoke else "") + (f" --steps {args.steps}" if args.steps else ""),
         "notes": (
-            f"{len(configs)} configs (beta x learning rate grid), {steps} steps each, pipelines/configs/sweep.yaml settings "
+            f"{len(plan['sweep'])} configs (beta x learning rate grid{'; the first in the separate and trl arms' if args.smoke else ''}), {steps} steps each, pipelines/configs/sweep.yaml settings "
             f"(tiny Llama, {cfg.data.path.rsplit('/', 1)[-1]}, train.num_workers={cfg.train.num_workers}, batch "
             f"{cfg.train.batch_size} = {cfg.train.gradient_accumulation_steps()} x {cfg.train.micro_batch_size}, max_length "
             f"{cfg.data.max_length}, {cfg.train.lr_scheduler} schedule, warmup {cfg.train.warmup_ratio}, eval every "

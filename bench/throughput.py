@@ -1,7 +1,8 @@
 """Training throughput against TRL's DPOTrainer, and dpo_ray's 1 vs 2 worker scaling.
 
 python bench/throughput.py [--hidden 256 --layers 4 --steps 20]   -> bench/results/throughput.json
-python bench/throughput.py --smoke --results-dir /tmp/x           -> a 2-layer, 64-wide model, 4 steps
+python bench/throughput.py --smoke --results-dir /tmp/x           -> a 2-layer, 64-wide model, 4 steps, the
+                                                                     arms of arm_plan(smoke=True), in one process
 
 Issue 9: same model, data, global batch, sequence length, precision (fp32 on CPU) and step count in
 every arm. dpo_ray: `python pipelines/dpo.py`, 2 workers x 1 CPU (the machine) with cold caches; then,
@@ -42,11 +43,39 @@ from dpo_ray.toy import build_tiny_model, make_preference_rows  # noqa: E402
 
 TARGET_DEFAULT, TARGET_PRECOMPUTE = 1.3, 1.1
 UNIFORM_TARGET_DEFAULT, UNIFORM_TARGET_PRECOMPUTE = 1.3, 1.0  # issue 16: uniform short pairs, 1 worker, defaults
+TRL_DEFAULT, TRL_PRECOMPUTE = "TRL default", "TRL precompute_ref_log_probs=True"
+UNGROUPED, ONE_WORKER = "dpo_ray 2 workers, no length grouping", "dpo_ray 1 worker"
 
 
-def run(cmd: list[str]) -> float:
-    """Run ``cmd`` in the repo root with a fresh local Ray; the Unix time it was launched."""
-    return run_in_repo(cmd)[0]
+def arm_plan(smoke: bool, has_trl: bool) -> dict[str, list[str]]:
+    """The arms each setting runs, in order (the first dpo_ray arm fills the caches the later ones read).
+
+    --smoke runs each arm function once, not each measurement (a dpo_ray run costs ~40 s of worker
+    start-up however short): it leaves out the ungrouped arm (the 2-worker arm with
+    train.group_by_length=false: parity's dpo_ray trains ungrouped, padding's smoke compares the two
+    orders), the 1-worker arm (the same run with another worker count: the uniform setting's arm trains
+    on 1 worker), so no scaling ratios, and the uniform setting's TRL arms (the varying setting's on
+    other pairs; both settings' ratios are ratios_to_trl)."""
+    plan = {"varying": ["dpo_ray 2 workers", UNGROUPED, ONE_WORKER, TRL_DEFAULT, TRL_PRECOMPUTE],
+            "uniform": ["dpo_ray 1 worker, defaults", TRL_DEFAULT, TRL_PRECOMPUTE]}
+    if smoke:
+        plan = {"varying": [a for a in plan["varying"] if a not in (UNGROUPED, ONE_WORKER)], "uniform": plan["uniform"][:1]}
+    return {setting: [a for a in arms if has_trl or not a.startswith("TRL")] for setting, arms in plan.items()}
+
+
+def run(cmd: list[str], setup: dict[str, Any]) -> float:
+    """Run ``cmd`` in the repo root with a fresh local Ray (in this process under --smoke); the Unix time it was launched."""
+    return run_in_repo(cmd, in_process=setup["in_process"])[0]
+
+
+def ratios_to_trl(ours: float, by: dict[str, float], targets: tuple[float, float]) -> dict[str, Any]:
+    """``ours`` over each TRL arm's pairs/s and whether both ``targets`` are met; {} where no TRL arm ran."""
+    if TRL_DEFAULT not in by:  # TRL not installed, or the smoke plan's uniform setting
+        return {}
+    ratios: dict[str, Any] = {"vs_trl_default": round(ours / by[TRL_DEFAULT], 3),
+                              "vs_trl_precompute": round(ours / by[TRL_PRECOMPUTE], 3)}
+    ratios["targets_met"] = ratios["vs_trl_default"] >= targets[0] and ratios["vs_trl_precompute"] >= targets[1]
+    return ratios
 
 
 def dpo_ray_arm(workers: int, setup: dict[str, Any], work: Path, group_by_length: bool = True, warm: bool = False,
@@ -64,7 +93,7 @@ def dpo_ray_arm(workers: int, setup: dict[str, Any], work: Path, group_by_length
                     f"train.eval_every={setup['steps']}",
                     "train.learning_rate=1e-4", "train.warmup_ratio=0.1", "train.report_to=[]",
                     f"train.group_by_length={str(group_by_length).lower()}",
-                    f"data.cache_dir={cache}/tokenized", f"reference.cache_dir={cache}/reference", f"output_dir={out}"])
+                    f"data.cache_dir={cache}/tokenized", f"reference.cache_dir={cache}/reference", f"output_dir={out}"], setup)
     m = json.loads((out / "metrics.json").read_text())
     name = f"dpo_ray {workers} worker{'s' if workers > 1 else ''}" + ("" if group_by_length else ", no length grouping")
     name += ", defaults" if defaults else ""
@@ -88,16 +117,12 @@ def uniform_setting(args: argparse.Namespace, work: Path, has_trl: bool) -> dict
     data = work / "uniform-pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     setup = {"model": str(model_dir), "data": str(data), "max_length": 64, "eval_fraction": 0.05, "steps": steps,
-             "batch_size": 16, "micro_batch_size": 8, "cpus": 2, "tag": "-uniform"}
-    arms = [dpo_ray_arm(1, setup, work, defaults=True)]
-    if has_trl:
-        arms += [trl_arm(False, setup, work), trl_arm(True, setup, work)]
+             "batch_size": 16, "micro_batch_size": 8, "cpus": 2, "tag": "-uniform", "in_process": args.smoke}
+    calls = {"dpo_ray 1 worker, defaults": lambda: dpo_ray_arm(1, setup, work, defaults=True),
+             TRL_DEFAULT: lambda: trl_arm(False, setup, work), TRL_PRECOMPUTE: lambda: trl_arm(True, setup, work)}
+    arms = [calls[name]() for name in arm_plan(args.smoke, has_trl)["uniform"]]
     by = {a["arm"]: a["steady_pairs_per_second"] for a in arms}
-    ours = by["dpo_ray 1 worker, defaults"]
-    ratios = {"vs_trl_default": round(ours / by["TRL default"], 3),
-              "vs_trl_precompute": round(ours / by["TRL precompute_ref_log_probs=True"], 3)} if has_trl else {}
-    if ratios:
-        ratios["targets_met"] = ratios["vs_trl_default"] >= UNIFORM_TARGET_DEFAULT and ratios["vs_trl_precompute"] >= UNIFORM_TARGET_PRECOMPUTE
+    ratios = ratios_to_trl(by["dpo_ray 1 worker, defaults"], by, (UNIFORM_TARGET_DEFAULT, UNIFORM_TARGET_PRECOMPUTE))
     params = sum(p.numel() for p in load_model(str(model_dir)).parameters())
     return {"notes": (f"Llama built from config ({params / 1e6:.2f}M parameters), fp32; {len(rows)} quickstart-style pairs "
                       f"(near-uniform, short), max_length 64; {steps} steps of 16 pairs in micro-batches of 8; dpo_ray with 1 "
@@ -115,9 +140,9 @@ def trl_arm(precompute: bool, setup: dict[str, Any], work: Path) -> dict[str, An
                     "--batch-size", str(setup["batch_size"]), "--micro-batch-size", str(setup["micro_batch_size"]),
                     "--eval-every", str(setup["steps"]), "--logging-steps", str(setup["steps"]), "--out", str(out),
                     "--threads", str(setup["cpus"]),
-                    *(["--precompute-ref"] if precompute else [])])
+                    *(["--precompute-ref"] if precompute else [])], setup)
     m = json.loads(out.read_text())
-    return {"arm": "TRL precompute_ref_log_probs=True" if precompute else "TRL default", "workers": 1,
+    return {"arm": TRL_PRECOMPUTE if precompute else TRL_DEFAULT, "workers": 1,
             "steady_pairs_per_second": m["steady_pairs_per_second"], "steady_tokens_per_second": m["steady_tokens_per_second"],
             "seconds_to_first_step": m["first_step_time"] - launched, "torch_threads": m["torch_threads"],
             "eval_loss_final": m["eval/loss"]}
@@ -161,29 +186,27 @@ def varying_setting(args: argparse.Namespace, work: Path, has_trl: bool) -> dict
     data = work / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     setup = {"model": str(model_dir), "data": str(data), "max_length": 192, "eval_fraction": 0.05, "steps": args.steps,
-             "batch_size": args.batch_size, "micro_batch_size": args.micro_batch_size, "cpus": 2}
-    arms = [dpo_ray_arm(2, setup, work)]  # cold caches: time to first step includes tokenizing and the reference pass
-    arms += [dpo_ray_arm(2, setup, work, group_by_length=False, warm=True), dpo_ray_arm(1, setup, work, warm=True)]
-    if has_trl:
-        arms += [trl_arm(False, setup, work), trl_arm(True, setup, work)]
-    for a in arms:
-        print(a, flush=True)
+             "batch_size": args.batch_size, "micro_batch_size": args.micro_batch_size, "cpus": 2, "in_process": args.smoke}
+    calls = {"dpo_ray 2 workers": lambda: dpo_ray_arm(2, setup, work),  # cold caches: tokenizing and the reference pass
+             UNGROUPED: lambda: dpo_ray_arm(2, setup, work, group_by_length=False, warm=True),
+             ONE_WORKER: lambda: dpo_ray_arm(1, setup, work, warm=True),
+             TRL_DEFAULT: lambda: trl_arm(False, setup, work), TRL_PRECOMPUTE: lambda: trl_arm(True, setup, work)}
+    arms = []
+    for name in arm_plan(args.smoke, has_trl)["varying"]:
+        arms.append(calls[name]())
+        print(arms[-1], flush=True)
     by = {a["arm"]: a for a in arms}
     ours = by["dpo_ray 2 workers"]["steady_pairs_per_second"]
-    ratios: dict[str, Any] = {
-        "scaling_2_vs_1_workers": round(ours / by["dpo_ray 1 worker"]["steady_pairs_per_second"], 3),
-        "memory_2_vs_1_workers": round(by["dpo_ray 2 workers"]["peak_memory_mib_per_worker"]
-                                       / by["dpo_ray 1 worker"]["peak_memory_mib_per_worker"], 3),
-    }
+    ratios: dict[str, Any] = {}
+    if ONE_WORKER in by:  # not in the smoke plan
+        ratios["scaling_2_vs_1_workers"] = round(ours / by[ONE_WORKER]["steady_pairs_per_second"], 3)
+        ratios["memory_2_vs_1_workers"] = round(by["dpo_ray 2 workers"]["peak_memory_mib_per_worker"]
+                                                / by[ONE_WORKER]["peak_memory_mib_per_worker"], 3)
     if has_trl:
-        ratios.update({
-            "vs_trl_default": round(ours / by["TRL default"]["steady_pairs_per_second"], 3),
-            "vs_trl_precompute": round(ours / by["TRL precompute_ref_log_probs=True"]["steady_pairs_per_second"], 3),
-            # the same without length grouping: the part of the gain that is not saved padding
-            "ungrouped_vs_trl_precompute": round(by["dpo_ray 2 workers, no length grouping"]["steady_pairs_per_second"]
-                                                 / by["TRL precompute_ref_log_probs=True"]["steady_pairs_per_second"], 3),
-        })
-        ratios["targets_met"] = ratios["vs_trl_default"] >= TARGET_DEFAULT and ratios["vs_trl_precompute"] >= TARGET_PRECOMPUTE
+        rates = {name: a["steady_pairs_per_second"] for name, a in by.items()}
+        ratios.update(ratios_to_trl(ours, rates, (TARGET_DEFAULT, TARGET_PRECOMPUTE)))
+        if UNGROUPED in rates:  # the same without length grouping: the part of the gain that is not saved padding
+            ratios["ungrouped_vs_trl_precompute"] = round(rates[UNGROUPED] / rates[TRL_PRECOMPUTE], 3)
     else:
         ratios["trl_skipped"] = "TRL is not installed: pip install -e \".[bench]\""
     command = "python bench/throughput.py " + ("--smoke" if args.smoke else f"--hidden {args.hidden} --layers {args.layers} --steps {args.steps}")

@@ -1,13 +1,22 @@
-"""The benchmarks' smoke modes end to end into a temp results dir, and the charts."""
+"""The benchmarks' smoke modes end to end into a temp results dir, and the charts.
+
+A smoke mode runs each arm function of its bench once, not each measurement (a ratio whose second arm
+it leaves out is the full run's; each test asserts it absent rather than skipping it silently): the
+benches' plan functions (arm_plan, arm_configs, run_plan, data_plan, measurement_plan) name what the
+smoke and the full runs do, and test_smoke_plans_name_the_full_benches_arms checks the full plans
+against what the committed bench/results/*.json measured.
+"""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -15,6 +24,20 @@ import pytest
 from conftest import REPO
 
 pytestmark = pytest.mark.e2e
+BENCH = REPO / "bench"
+WITH_TRL = importlib.util.find_spec("trl") is not None
+
+
+def _bench(name: str) -> ModuleType:
+    """bench/<name>.py as a module, for its plan functions (bench/ last on sys.path: its scripts import
+    `common` by name, and no other module of that name exists)."""
+    if str(BENCH) not in sys.path:
+        sys.path.append(str(BENCH))
+    return importlib.import_module(name)
+
+
+def _committed(name: str) -> dict[str, Any]:
+    return json.loads((BENCH / "results" / f"{name}.json").read_text())
 
 
 def _smoke(script: str, results: Path, timeout: int) -> dict[str, Any]:
@@ -28,20 +51,19 @@ def _smoke(script: str, results: Path, timeout: int) -> dict[str, Any]:
 
 @pytest.mark.slow
 def test_sweep_bench_smoke(tmp_path: Path) -> None:
-    result = _smoke("sweep.py", tmp_path, timeout=900)
-    with_trl = importlib.util.find_spec("trl") is not None
+    result = _smoke("sweep.py", tmp_path, timeout=600)
+    plan = _bench("sweep").arm_configs(smoke=True)  # a 2-trial sweep; separate and trl on its first config
     arms = {a["arm"]: a for a in result["arms"]}
-    assert set(arms) == {"sweep", "separate"} | ({"trl"} if with_trl else set())
-    assert all(a["runs"] == 2 and a["total_wall_s"] > 0 and 0 <= a["mean_eval_acc"] <= 1 for a in arms.values())
-    assert arms["sweep"]["reference_scoring_passes"] == 1  # one pass for the whole sweep
-    assert arms["separate"]["reference_scoring_passes"] == 2  # one per run: no shared cache
-    configs = {(r["beta"], r["learning_rate"]) for r in result["runs"] if r["arm"] == "sweep"}
-    assert len(configs) == 2
-    for arm in arms:  # every arm trained the same configs
-        assert {(r["beta"], r["learning_rate"]) for r in result["runs"] if r["arm"] == arm} == configs
+    assert set(arms) == {"sweep", "separate"} | ({"trl"} if WITH_TRL else set())
+    for arm, a in arms.items():  # each arm trained its planned configs, once each
+        assert sorted((r["beta"], r["learning_rate"]) for r in result["runs"] if r["arm"] == arm) == sorted(plan[arm])
+        assert a["runs"] == len(plan[arm]) and a["total_wall_s"] > 0 and 0 <= a["mean_eval_acc"] <= 1
+    assert len(plan["sweep"]) == 2 and arms["sweep"]["reference_scoring_passes"] == 1  # one pass for the whole sweep
+    assert arms["separate"]["reference_scoring_passes"] == len(plan["separate"])  # one per run: no shared cache
     assert not any(r["reference_scored"] for r in result["runs"] if r["arm"] == "sweep")
+    assert all(r["reference_scored"] for r in result["runs"] if r["arm"] == "separate")
     assert result["separate_over_sweep"] > 0
-    if with_trl:
+    if WITH_TRL:
         assert result["trl_over_sweep"] > 0 and result["trl_version"]
     else:
         assert "trl_skipped" in result
@@ -50,47 +72,52 @@ def test_sweep_bench_smoke(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_data_bench_smoke(tmp_path: Path) -> None:
     result = _smoke("data.py", tmp_path, timeout=600)
-    assert [(r["pairs"], r["cpus"]) for r in result["throughput"]] == [(2000, 1), (2000, 2)]
+    sections = _bench("data").measurement_plan(True, 2000, 8000)
+    assert {s: [(r["pairs"], r["cpus"], r["cache"]) for r in result[s]] for s in sections} == sections
+    assert len({m for ms in sections.values() for m in ms}) == 3  # fresh processes: 2,000 pairs (cold cache), 8,000, the rerun
+    assert [(r["pairs"], r["cpus"]) for r in result["throughput"]] == [(2000, 2)]
     assert all(r["tokenize_pairs_per_s"] > 0 and r["pairs_kept"] == r["pairs"] for r in result["throughput"])
     assert [m["pairs"] for m in result["memory"]] == [2000, 8000]
     assert all(m["peak_rss_mib"] >= m["baseline_rss_mib"] > 0 for m in result["memory"])
     assert result["driver_rss_growth"] > -1 and result["driver_rss_flat"] == (result["driver_rss_growth"] < 0.2)
     assert [c["tokenize_cache_hit"] for c in result["cache"]] == [0.0, 1.0]  # the rerun skipped tokenization
-    assert result["speedup_2_vs_1_cpu"] > 0 and result["cache_rerun_speedup"] > 0
+    assert "speedup_2_vs_1_cpu" not in result and result["cache_rerun_speedup"] > 0  # the 1-CPU run is the full plan's
 
 
 @pytest.mark.slow
 def test_padding_bench_smoke(tmp_path: Path) -> None:
     result = _smoke("padding.py", tmp_path, timeout=600)
     runs = {r["data"]: r for r in result["runs"]}
-    assert set(runs) == {"quickstart", "varying_lengths"} and all(r["micro_batch_size"] == 4 for r in runs.values())
+    assert list(runs) == _bench("padding").data_plan(smoke=True) == ["varying_lengths"]
+    assert all(r["micro_batch_size"] == 4 for r in runs.values())
     assert all(0 <= r["grouped"] < 1 and 0 <= r["ungrouped"] < 1 for r in runs.values())
     assert runs["varying_lengths"]["grouped"] < runs["varying_lengths"]["ungrouped"]  # grouping pads less
 
 
 @pytest.mark.slow
 def test_memory_bench_smoke(tmp_path: Path) -> None:
-    result = _smoke("memory.py", tmp_path, timeout=900)
-    assert [(r["zero_stage"], r["workers"]) for r in result["runs"]] == [(2, 1), (2, 2), (3, 1), (3, 2)]
+    result = _smoke("memory.py", tmp_path, timeout=600)
+    assert [(r["zero_stage"], r["workers"]) for r in result["runs"]] == _bench("memory").run_plan(smoke=True) == [(3, 1), (3, 2)]
     assert all(0 < r["model_state_mib_per_worker"] < r["peak_memory_mib_per_worker"] for r in result["runs"])
     assert result["zero3_2_vs_1_workers"] > 0 and isinstance(result["zero3_target_met"], bool)
 
 
 @pytest.mark.slow
 def test_throughput_bench_smoke(tmp_path: Path) -> None:
-    result = _smoke("throughput.py", tmp_path, timeout=900)
-    with_trl = importlib.util.find_spec("trl") is not None
+    result = _smoke("throughput.py", tmp_path, timeout=600)
+    plan = _bench("throughput").arm_plan(smoke=True, has_trl=WITH_TRL)
     arms = {a["arm"]: a for a in result["arms"]}
-    assert set(arms) == {"dpo_ray 2 workers", "dpo_ray 2 workers, no length grouping", "dpo_ray 1 worker"} | (
-        {"TRL default", "TRL precompute_ref_log_probs=True"} if with_trl else set())
-    for a in arms.values():
+    assert list(arms) == plan["varying"] and [a["arm"] for a in result["uniform"]["arms"]] == plan["uniform"]
+    for a in [*arms.values(), *result["uniform"]["arms"]]:
         assert a["steady_pairs_per_second"] > 0 and a["steady_tokens_per_second"] > a["steady_pairs_per_second"]
-        assert 0 < a["seconds_to_first_step"] < 900
+        assert 0 < a["seconds_to_first_step"] < 600
     assert arms["dpo_ray 2 workers"]["workers"] == 2 and arms["dpo_ray 2 workers"]["reference_seconds"] > 0
-    assert result["scaling_2_vs_1_workers"] > 0 and result["memory_2_vs_1_workers"] > 0
-    assert arms["dpo_ray 2 workers"]["pad_fraction"] < arms["dpo_ray 2 workers, no length grouping"]["pad_fraction"]
-    if with_trl:
+    assert arms["dpo_ray 2 workers"]["caches"] == "cold" and arms["dpo_ray 2 workers"]["peak_memory_mib_per_worker"] > 0
+    assert "scaling_2_vs_1_workers" not in result  # the 1-worker arm is the full plan's
+    # grouped vs ungrouped padding: test_padding_bench_smoke (the ungrouped arm is the full plan's)
+    if WITH_TRL:
         assert result["vs_trl_default"] > 0 and result["vs_trl_precompute"] > 0 and isinstance(result["targets_met"], bool)
+        assert "ungrouped_vs_trl_precompute" not in result  # its arm did not run
     else:
         assert "trl_skipped" in result
     uniform = result["uniform"]  # issue 16: one worker, no resource settings
@@ -98,14 +125,13 @@ def test_throughput_bench_smoke(tmp_path: Path) -> None:
     cpus = os.cpu_count()  # Ray's CPUs on this one node
     assert ours["auto"] == f"train.cpus_per_worker={cpus} ({cpus} CPUs on the node for 1 worker); train.zero_stage=0 (1 rank: ZeRO would partition nothing)"
     assert ours["steady_pairs_per_second"] > 0
-    if with_trl:
-        assert uniform["vs_trl_default"] > 0 and isinstance(uniform["targets_met"], bool)
+    assert "vs_trl_default" not in uniform  # its TRL arms are the full plan's (the same ratios_to_trl as above)
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="parity needs TRL (the dev extra installs it)")
 def test_parity_bench_smoke(tmp_path: Path) -> None:
-    result = _smoke("parity.py", tmp_path, timeout=900)
+    result = _smoke("parity.py", tmp_path, timeout=600)
     assert {(r["loss"], r["arm"]) for r in result["runs"]} == {("sigmoid", "dpo_ray"), ("sigmoid", "trl")}
     rows = {r["metric"]: r for r in result["comparison"]}
     assert set(rows) == {"eval/rewards/accuracies", "eval/rewards/margins", "eval/loss"}
@@ -127,3 +153,27 @@ def test_plots_draw_every_committed_result(tmp_path: Path) -> None:
     assert {p.name for p in tmp_path.glob("*.png")} == {f"{name}.png" for name in (
         "reference", "padding", "memory", "data", "sweep", "throughput", "parity", "mfu")}
     assert all(p.stat().st_size > 10_000 for p in tmp_path.glob("*.png"))
+
+
+def test_smoke_plans_name_the_full_benches_arms() -> None:
+    """Each bench's full plan is what its committed results measured; its smoke plan a part of it that
+    still runs each arm function (dpo_ray cold and warm, 1 and 2 workers, TRL default and precompute)."""
+    throughput, committed = _bench("throughput"), _committed("throughput")
+    assert throughput.arm_plan(smoke=False, has_trl=True) == {
+        "varying": [a["arm"] for a in committed["arms"]], "uniform": [a["arm"] for a in committed["uniform"]["arms"]]}
+    assert throughput.arm_plan(smoke=True, has_trl=True) == {
+        "varying": ["dpo_ray 2 workers", "TRL default", "TRL precompute_ref_log_probs=True"],
+        "uniform": ["dpo_ray 1 worker, defaults"]}
+    assert throughput.arm_plan(smoke=True, has_trl=False) == {"varying": ["dpo_ray 2 workers"], "uniform": ["dpo_ray 1 worker, defaults"]}
+    sweep, committed = _bench("sweep").arm_configs, _committed("sweep")
+    assert {arm: sorted(c) for arm, c in sweep(smoke=False).items()} == {
+        arm: sorted((r["beta"], r["learning_rate"]) for r in committed["runs"] if r["arm"] == arm) for arm in ("sweep", "separate", "trl")}
+    assert len(sweep(smoke=False)["sweep"]) == 8 and len(sweep(smoke=True)["sweep"]) == 2
+    assert sweep(smoke=True)["separate"] == sweep(smoke=True)["trl"] == sweep(smoke=True)["sweep"][:1]
+    memory = _bench("memory").run_plan
+    assert memory(smoke=False) == [(r["zero_stage"], r["workers"]) for r in _committed("memory")["runs"]]
+    padding = _bench("padding").data_plan
+    assert padding(smoke=False) == list(dict.fromkeys(r["data"] for r in _committed("padding")["runs"]))
+    data, committed = _bench("data").measurement_plan(False, 100_000, 400_000), _committed("data")
+    assert data == {s: [(r["pairs"], r["cpus"], r["cache"]) for r in committed[s]] for s in data}
+    assert len({m for ms in data.values() for m in ms}) == 5  # the smoke's: 3 (test_data_bench_smoke)
