@@ -17,8 +17,8 @@ from common import REPO, write_result
 
 sys.path.insert(0, str(REPO))
 
-from dpo_ray.config import LABEL_SMOOTHING_LOSSES, LOSS_TYPES  # noqa: E402
-from dpo_ray.config_load import load_config
+from dpo_ray.config import LOSS_TYPES  # noqa: E402
+from dpo_ray.config_load import load_config  # noqa: E402
 from dpo_ray.run import run  # noqa: E402
 
 # Per-loss settings where the paper's defaults differ from DPO's beta = 0.1.
