@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from _pytest.mark.expression import Expression  # pytest's own -m parser (private; pytest is pinned >= 8 in the dev extra)
 
 from dpo_ray.toy import build_tiny_model, make_preference_rows
@@ -109,3 +110,13 @@ def small_overrides(model_dir: str, data_path: str, output_dir: str, *, caches: 
         base |= {"reference.cache_dir": f"{caches}/reference", "data.cache_dir": f"{caches}/tokenized"}
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
+
+
+SWEEP_SPACE = {"loss.beta": {"loguniform": [0.01, 1.0]}, "train.learning_rate": {"loguniform": [1e-4, 3e-3]}}
+
+
+def sweep_file(tmp_path: Path, **tune: object) -> str:
+    """A sweep YAML searching beta and learning rate, with ``tune`` settings added."""
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"tune": {"search_space": SWEEP_SPACE, **tune}}))
+    return str(path)

@@ -7,21 +7,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, sweep_file
 from dpo_ray.config import ConfigError
 from dpo_ray.tune.settings import load_sweep, sort_rows
 
-SPACE = {"loss.beta": {"loguniform": [0.01, 1.0]}, "train.learning_rate": {"loguniform": [1e-4, 3e-3]}}
-
-
-def _sweep_file(tmp_path: Path, **tune: object) -> str:
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump({"tune": {"search_space": SPACE, **tune}}))
-    return str(path)
-
-
 def test_sweep_yaml_and_overrides(tmp_path: Path) -> None:
-    base, settings = load_sweep(_sweep_file(tmp_path), ["train.max_steps=7", "tune.num_samples=3",
+    base, settings = load_sweep(sweep_file(tmp_path), ["train.max_steps=7", "tune.num_samples=3",
                                                         "tune.search_space.loss.label_smoothing={choice: [0.0, 0.1]}"])
     assert base.train.max_steps == 7 and settings.num_samples == 3
     assert settings.search_space["loss.label_smoothing"] == {"choice": [0.0, 0.1]}
@@ -44,7 +35,7 @@ def test_sweep_yaml_and_overrides(tmp_path: Path) -> None:
 ])
 def test_bad_sweep_settings_name_the_key(tmp_path: Path, overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError) as err:
-        load_sweep(_sweep_file(tmp_path), overrides)
+        load_sweep(sweep_file(tmp_path), overrides)
     assert message in str(err.value)
 
 
