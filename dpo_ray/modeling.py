@@ -5,10 +5,13 @@ Pure ring: no Ray import.
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
+from transformers.utils import GENERATION_CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -45,11 +48,148 @@ def load_model(
     """
     model = AutoModelForCausalLM.from_pretrained(name_or_path, revision=revision, dtype=dtype, device_map=device_map,
                                                  trust_remote_code=trust_remote_code)
-    if disable_dropout:
-        for module in model.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = 0.0
+    return _without_dropout(model) if disable_dropout else model
+
+
+def _without_dropout(model: PreTrainedModel) -> PreTrainedModel:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
     return model
+
+
+def model_hidden_size(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False) -> int | None:
+    """The model's hidden size from its config.json alone (no weights): ZeRO-3's bucket sizes."""
+    config = AutoConfig.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+    return config.to_dict().get("hidden_size")  # None for configs that nest it (multimodal): DeepSpeed's defaults
+
+
+def load_model_partitioned(
+    name_or_path: str,
+    ds_config: dict[str, Any],
+    *,
+    revision: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    disable_dropout: bool = True,
+    trust_remote_code: bool = False,
+) -> PreTrainedModel:
+    """The causal LM already partitioned by DeepSpeed ZeRO-3, so no rank ever holds all its weights.
+
+    Built under ``deepspeed.zero.Init(ds_config)`` (the config deepspeed.initialize gets: same
+    partitioning, dtype and offload) with weight init skipped; then every rank copies only its own
+    slice of each weight out of the safetensors shards into its partition. A collective: every rank
+    of the group calls it. A checkpoint without safetensors, or whose names are not the model's
+    parameter names, loads through transformers' own ZeRO-3 path instead
+    (:func:`load_model_partitioned_by_transformers`). Like from_pretrained: eval mode, the
+    checkpoint's generation config.
+    """
+    import deepspeed
+    from transformers.initialization import no_init_weights
+    from transformers.integrations.deepspeed import prevent_arange_dtype_change
+
+    # deepspeed.comm over the process group already up (Ray Train's): zero.Init reads its world
+    # size to check the batch arithmetic before it would initialise it itself
+    deepspeed.init_distributed()
+    files = _safetensors_files(name_or_path, revision)
+    kwargs = {"revision": revision, "dtype": dtype, "disable_dropout": disable_dropout, "trust_remote_code": trust_remote_code}
+    if not files:
+        return load_model_partitioned_by_transformers(name_or_path, ds_config, **kwargs)
+    config = AutoConfig.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+    # prevent_arange_dtype_change (entered before zero.Init): RoPE's arange stays fp32 when zero.Init casts to bf16
+    with no_init_weights(), prevent_arange_dtype_change(), deepspeed.zero.Init(config_dict_or_path=ds_config):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+    model.tie_weights()  # tied embeddings: one parameter, read once under its first name
+    if not _read_partitions(model, files):
+        return load_model_partitioned_by_transformers(name_or_path, ds_config, **kwargs)
+    if cached_file(name_or_path, GENERATION_CONFIG_NAME, revision=revision, _raise_exceptions_for_missing_entries=False):
+        model.generation_config = GenerationConfig.from_pretrained(name_or_path, revision=revision)
+    model.eval()
+    return _without_dropout(model) if disable_dropout else model
+
+
+def load_model_partitioned_by_transformers(
+    name_or_path: str,
+    ds_config: dict[str, Any],
+    *,
+    revision: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    disable_dropout: bool = True,
+    trust_remote_code: bool = False,
+) -> PreTrainedModel:
+    """ZeRO-3 loading by transformers' DeepSpeed integration: from_pretrained builds the model under
+    zero.Init while an HfDeepSpeedConfig is alive, and loads layer by layer (rank 0 reads the whole
+    checkpoint, each layer is gathered, written on rank 0, re-partitioned). Any weight format and
+    checkpoint renames; rank 0 holds the full checkpoint in host memory while it loads. A collective.
+    """
+    import deepspeed
+    from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    deepspeed.init_distributed()  # as in load_model_partitioned
+    # transformers reads this object through a module-level weak reference while it is alive; unset
+    # afterwards, so no later from_pretrained in this process (export, tests) is built under zero.Init.
+    hf_config = HfDeepSpeedConfig(ds_config)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, revision=revision, dtype=dtype,
+                                                     trust_remote_code=trust_remote_code)
+    finally:
+        unset_hf_deepspeed_config()
+        del hf_config
+    return _without_dropout(model) if disable_dropout else model
+
+
+def _safetensors_files(name_or_path: str, revision: str | None) -> list[str]:
+    """Local paths of the checkpoint's safetensors shards (downloaded for a hub id); [] when it has none."""
+    index = cached_file(name_or_path, SAFE_WEIGHTS_INDEX_NAME, revision=revision, _raise_exceptions_for_missing_entries=False)
+    if index is not None:
+        with open(index) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        return [cached_file(name_or_path, shard, revision=revision) for shard in shards]
+    single = cached_file(name_or_path, SAFE_WEIGHTS_NAME, revision=revision, _raise_exceptions_for_missing_entries=False)
+    return [single] if single is not None else []
+
+
+@torch.no_grad()
+def _read_partitions(model: PreTrainedModel, files: list[str]) -> bool:
+    """Copy this rank's slice of every weight from the shards into its ZeRO-3 partition; persistent
+    buffers (never partitioned) whole. False, before reading anything, when the shards do not hold
+    every parameter and buffer under the model's own names.
+
+    DeepSpeed's layout (partition_parameters.py, _partition_param): a parameter of ds_numel elements,
+    flattened and zero-padded to a multiple of the group size W; rank r's ``ds_tensor`` holds
+    elements [r * n, (r + 1) * n) with n = ds_tensor.numel().
+    """
+    import deepspeed.comm as dist
+    from safetensors import safe_open
+
+    params = dict(model.named_parameters())  # tied weights once
+    saved = set(model.state_dict())
+    buffers = {name: b for name, b in model.named_buffers() if name in saved}  # persistent ones only
+    handles = [safe_open(path, framework="pt") for path in files]
+    where = {name: f for f in handles for name in f.keys()}
+    if not (params.keys() | buffers.keys()) <= where.keys():
+        return False
+    for name, param in params.items():
+        part = param.ds_tensor  # (n,) this rank's flat slice
+        start = dist.get_rank(group=param.ds_process_group) * part.numel()
+        count = min(param.ds_numel - start, part.numel())
+        if count > 0:
+            part[:count].copy_(_flat_range(where[name].get_slice(name), start, count))
+    for name, buf in buffers.items():
+        buf.copy_(where[name].get_tensor(name))
+    return True
+
+
+def _flat_range(tensor_slice: Any, start: int, count: int) -> torch.Tensor:
+    """Elements [start, start + count) of a safetensors tensor read as flat, reading only the rows
+    (first-dimension entries) that hold them."""
+    shape = tensor_slice.get_shape()
+    if not shape:  # a scalar
+        return tensor_slice[:].reshape(-1)[start:start + count]
+    row = math.prod(shape[1:])  # elements per row
+    first, last = start // row, (start + count - 1) // row + 1
+    offset = start - first * row
+    return tensor_slice[first:last].reshape(-1)[offset:offset + count]
 
 
 def add_lora(model: PreTrainedModel, *, r: int, alpha: int, dropout: float, target_modules: list[str]) -> Any:

@@ -15,6 +15,7 @@ import resource
 import tempfile
 import time
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ from transformers import get_scheduler
 from dpo_ray.config import Config
 from dpo_ray.config_load import from_dict
 from dpo_ray.faults import fires_once
-from dpo_ray.modeling import add_lora, load_model, load_tokenizer, resolve_dtype
+from dpo_ray.modeling import add_lora, load_model, load_model_partitioned, load_tokenizer, model_hidden_size, resolve_dtype
 from dpo_ray.train.checkpoint import RunState, restore, save_checkpoint
 from dpo_ray.train.ds_config import build_ds_config
 from dpo_ray.train.metrics import SUM_FIELDS, finalize, metric_sums
@@ -116,10 +117,14 @@ def _join_worker_group(cfg: Config) -> tuple[int, int, torch.device]:
 
 def _build_engine(deepspeed: Any, cfg: Config, steps: int) -> tuple[Any, Any]:
     """The policy (with LoRA when model.lora.r > 0), AdamW and the LR schedule inside a DeepSpeed
-    engine; returns the engine and the scheduler."""
+    engine; returns the engine and the scheduler. With ZeRO-3 the model is built partitioned (no rank
+    ever holds all its weights; gathered only at export)."""
     dtype = resolve_dtype(cfg.model.dtype, on_gpu=cfg.train.use_gpu, bf16=cfg.train.bf16)
-    model = load_model(cfg.model.name_or_path, revision=cfg.model.revision, dtype=dtype,
-                       disable_dropout=cfg.model.disable_dropout, trust_remote_code=cfg.model.trust_remote_code)
+    m = cfg.model
+    ds_config = build_ds_config(cfg.train, model_hidden_size(m.name_or_path, m.revision, m.trust_remote_code))
+    load = partial(load_model_partitioned, ds_config=ds_config) if cfg.train.resolved_zero_stage() == 3 else load_model
+    model = load(m.name_or_path, revision=m.revision, dtype=dtype, disable_dropout=m.disable_dropout,
+                 trust_remote_code=m.trust_remote_code)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     lora = cfg.model.lora
@@ -130,9 +135,8 @@ def _build_engine(deepspeed: Any, cfg: Config, steps: int) -> tuple[Any, Any]:
     optimizer = torch.optim.AdamW(trainable, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
     scheduler = get_scheduler(SCHEDULERS[cfg.train.lr_scheduler], optimizer,
                               num_warmup_steps=cfg.train.warmup_steps(steps), num_training_steps=steps)
-    engine, _, _, scheduler = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=build_ds_config(cfg.train, getattr(model.config, "hidden_size", None))
-    )
+    engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                                   config=ds_config)
     return engine, scheduler
 
 
