@@ -30,7 +30,7 @@ from dpo_ray.config_load import load_config, resolve_paths
 from dpo_ray.modeling import load_tokenizer  # noqa: E402
 from dpo_ray.run import prepare_datasets  # noqa: E402
 from dpo_ray.toy import build_tiny_model, make_preference_rows  # noqa: E402
-from dpo_ray.train.order import micro_batches  # noqa: E402
+from dpo_ray.train.order import lane_starts, micro_batches, rank_lanes  # noqa: E402
 
 MICRO_BATCH_SIZES = (4, 8, 16)
 
@@ -44,7 +44,9 @@ def data_plan(smoke: bool) -> list[str]:
 def epoch_pad_fraction(train_ds: ray.data.Dataset, cfg: Config, steps_per_epoch: int, pad_id: int) -> float:
     """Pad share of one epoch of the train loop's micro-batches (rank 0 of 1)."""
     real = slots = 0
-    batches = micro_batches(train_ds, cfg, rank=0, world=1, steps_per_epoch=steps_per_epoch, start_step=0)
+    lanes = rank_lanes(cfg, rank=0, world=1)
+    sources = train_ds.split_at_indices(lane_starts(cfg, steps_per_epoch))  # the lanes (train/trainer.py worker_datasets)
+    batches = micro_batches([sources[c] for c in lanes], lanes, cfg, steps_per_epoch, start_step=0)
     for _ in range(steps_per_epoch * cfg.train.gradient_accumulation_steps()):
         b = next(batches)
         t = collate_pairs(b["prompt_ids"], b["chosen_ids"], b["rejected_ids"], pad_id=pad_id)

@@ -81,6 +81,14 @@ def restore(engine: Any, rank: int, resume_path: str | None) -> RunState:
     return state
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint folder holds (its run_state.json), 0 when unreadable."""
+    try:
+        return int(json.loads((path / "run_state.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
 def find_checkpoint(path: str) -> str:
     """train.resume_from: a checkpoint folder, or a run's output_dir (its newest training checkpoint)."""
     root = Path(path).expanduser().resolve()

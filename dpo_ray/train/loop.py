@@ -33,7 +33,7 @@ from dpo_ray.train.checkpoint import RunState, restore, save_checkpoint
 from dpo_ray.train.ds_config import build_ds_config
 from dpo_ray.train.metrics import SUM_FIELDS, finalize, metric_sums
 from dpo_ray.train.objective import batch_objective
-from dpo_ray.train.order import EvalShard, micro_batches
+from dpo_ray.train.order import EvalShard, ReadCounter, micro_batches, rank_lanes
 from dpo_ray.train.stopping import Stopper
 
 WARMUP_STEPS = 2  # steps left out of perf/steady_*: allocator and DeepSpeed warm-up, first buckets
@@ -56,8 +56,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     state = restore(engine, rank, loop_config.get("resume_path"))
     stopper = Stopper(cfg.train, **state.stopper)
-    train_batches = micro_batches(ray.train.get_dataset_shard("train"), cfg, rank, world, steps_per_epoch, state.step)
-    eval_shard = EvalShard(ray.train.get_dataset_shard("eval"), cfg.train.micro_batch_size, rank, world)
+    lanes = rank_lanes(cfg, rank, world)  # this rank's own datasets only: 1/W of the pairs (train/order.py)
+    reads = [ReadCounter(ray.train.get_dataset_shard(f"lane_{c}")) for c in lanes]
+    train_batches = micro_batches(reads, lanes, cfg, steps_per_epoch, state.step)
+    eval_shard = EvalShard(ray.train.get_dataset_shard(f"eval_{rank}"), ray.train.get_dataset_shard("eval_0"),
+                           cfg.train.micro_batch_size, int(loop_config["eval_rounds"]))
 
     if state.step == 0:
         _log(engine, state, stopper, rank, _evaluate(engine, eval_shard, cfg, pad_id, device), step=0)
@@ -99,7 +102,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             stop_reason = stop
             break
 
-    perf = _perf_figures(state, device, world, worker_nodes)
+    perf = {**_perf_figures(state, device, world, worker_nodes), **_read_figures(reads, world)}
     _export(engine, tokenizer, cfg, rank, state.history, {**perf, "stop_reason": stop_reason})
 
 
@@ -193,6 +196,15 @@ def _perf_figures(state: RunState, device: torch.device, world: int, worker_node
     }
 
 
+def _read_figures(reads: list[ReadCounter], world: int) -> dict[str, Any]:
+    """Train rows and token ids each rank read from Ray Data in this (re)start, in rank order (a collective)."""
+    mine = (sum(r.rows for r in reads), sum(r.tokens for r in reads))
+    every: list[Any] = [None] * world
+    dist.all_gather_object(every, mine)
+    return {"data/rows_read_per_worker": [float(rows) for rows, _ in every],
+            "data/tokens_read_per_worker": [float(tokens) for _, tokens in every]}
+
+
 def _import_deepspeed(use_gpu: bool) -> Any:
     """Import DeepSpeed for this worker's accelerator; on CPU skip the JIT shm-comm build."""
     if not use_gpu:
@@ -228,15 +240,15 @@ def _train_step(engine: Any, batches: Iterator[dict[str, np.ndarray]], cfg: Conf
 
 @torch.no_grad()
 def _evaluate(engine: Any, shard: EvalShard, cfg: Config, pad_id: int, device: torch.device) -> dict[str, float]:
-    """Every eval pair exactly once: rank r takes micro-batches r, r + W, ...; ranks with one batch
-    fewer run a forward they do not count, so every rank runs as many forwards (ZeRO-3 gathers)."""
+    """Every eval pair exactly once: each rank its own share (train/order.py EvalShard); ranks with
+    fewer batches run forwards they do not count, so every rank runs as many (ZeRO-3 gathers)."""
     engine.eval()
     names = [s.name for s in cfg.data.sources]
     sums = torch.zeros(1 + len(names), len(SUM_FIELDS), dtype=torch.float64, device=device)  # all, then per source
-    mine, first, _ = shard.batches()
+    mine, filler = shard.batches()
     for i in range(shard.rounds()):
         counted = i < len(mine)
-        out = batch_objective(engine, mine[i] if counted else first, cfg.loss, pad_id=pad_id, device=device,
+        out = batch_objective(engine, mine[i] if counted else filler, cfg.loss, pad_id=pad_id, device=device,
                               chunk_size=cfg.train.logps_chunk_size)
         if counted:
             sums[0] += metric_sums(out.result, out.stats, beta=cfg.loss.beta)

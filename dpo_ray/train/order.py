@@ -7,18 +7,25 @@
 2. The seeded order: ``add_order_key`` gives each row (each copy) a seeded hash of its row id, and
    the train set is sorted on it (Ray's sort, in the Ray stage): the same order whatever the block
    layout upstream.
-3. Micro-batches (``micro_batches``): an epoch is ``steps_per_epoch`` global batches of A x W
-   micro-batches (A accumulation steps, W workers) taken from the front of the ordered set (the
-   rest of the epoch is left out). With train.group_by_length, each window of micro-batches' pairs
-   is sorted by length, cut, and the cuts permuted (``length_grouped``, seeded by seed and epoch,
-   epoch 0 too); without it, from epoch 1 on, micro-batches are permuted within windows of
-   WINDOW (``window_shuffle``, seeded by seed + epoch). The stream never depends on W.
-4. The per-worker stride: global step s of an epoch is micro-batches [s A W, (s + 1) A W) of that
-   stream; rank r takes those whose index is r mod W, in order, A of them per step.
-5. The eval shard (``EvalShard``): rank r takes eval micro-batches r, r + W, ... (the last one may
-   be partial); every eval pair is on exactly one rank, none dropped.
-6. A resume at step k (train.resume_from, a restarted worker group) rebuilds the stream of k's
-   epoch and skips to micro-batch k A W of it: the batches an uninterrupted run takes from step k on.
+3. Lanes: an epoch is ``steps_per_epoch`` (S) global batches of G = batch_size / micro_batch_size
+   micro-batches, so it uses the first G S m rows of the ordered set (m = micro_batch_size; the
+   rest, fewer than batch_size rows, is left out of every epoch). Lane c (c < G) is the contiguous
+   slice of rows [c S m, (c + 1) S m) (``lane_starts``); global batch s is micro-batch s of every
+   lane. G, S and m do not depend on the worker count W, so neither do the global batches.
+4. Each epoch each lane reorders its own S micro-batches (``lane_stream``, seeded by seed, epoch and
+   lane): with train.group_by_length, each window of length_group_window micro-batches' pairs is
+   sorted by padded width, cut and the cuts permuted (``length_grouped``, epoch 0 too); without
+   it, from epoch 1 on, micro-batches are permuted within windows of WINDOW (``window_shuffle``).
+5. The per-worker share: rank r owns lanes [r A, (r + 1) A) (A accumulation steps, A W = G;
+   ``rank_lanes``) and reads only those (each a Ray dataset of its own, train/trainer.py): 1/W of
+   the epoch's rows. Its A micro-batches of step s are micro-batch s of each of its lanes
+   (``micro_batches``).
+6. The eval shard (``EvalShard``): rank r reads only the contiguous run of ceil(M / W) eval
+   micro-batches ``eval_starts`` gives it (M micro-batches in all, the last may be partial); every
+   eval pair is on exactly one rank, none dropped.
+7. A resume at step k (train.resume_from, a restarted worker group) rebuilds each lane's stream of
+   k's epoch and skips its first k - epoch S micro-batches: the batches an uninterrupted run takes
+   from step k on.
 
 Pure ring and light on purpose: a Ray Data worker unpickles mixture_copies and add_order_key by
 importing this module (numpy; DataError's module, pyarrow) instead of the Ray or torch modules.
@@ -27,7 +34,8 @@ importing this module (numpy; DataError's module, pyarrow) instead of the Ray or
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -35,6 +43,7 @@ import numpy as np
 from dpo_ray.config import Config
 from dpo_ray.data.parse import DataError
 
+TOKEN_FIELDS = ("prompt_ids", "chosen_ids", "rejected_ids")
 WINDOW = 32
 """Micro-batches per window of the epoch shuffle (train.group_by_length off)."""
 
@@ -91,34 +100,41 @@ def add_order_key(batch: Batch, seed: int) -> Batch:
     return {**batch, "_order": np.asarray(keys, dtype=np.int64)}
 
 
-def micro_batches(
-    dataset: BatchSource, cfg: Config, rank: int, world: int, steps_per_epoch: int, start_step: int
-) -> Iterator[Batch]:
-    """Endless micro-batches for this rank from global step ``start_step`` on (points 3, 4 and 6
-    of the module docstring): every rank reads the whole ordered train set, builds the same
-    epoch stream, and keeps its stride of each global batch."""
-    per_step = cfg.train.gradient_accumulation_steps() * world
+def lane_starts(cfg: Config, steps_per_epoch: int) -> list[int]:
+    """Row indices of the ordered train set where lanes 1 .. G begin (point 3): np.split-style cut
+    points; the piece after the last one is the left-out tail."""
+    lane_rows = steps_per_epoch * cfg.train.micro_batch_size
+    return [c * lane_rows for c in range(1, cfg.train.batch_size // cfg.train.micro_batch_size + 1)]
+
+
+def rank_lanes(cfg: Config, rank: int, world: int) -> range:
+    """The lanes rank r owns (point 5)."""
+    accum = cfg.train.batch_size // (cfg.train.micro_batch_size * world)
+    return range(rank * accum, (rank + 1) * accum)
+
+
+def micro_batches(lanes: Sequence[BatchSource], lane_ids: Sequence[int], cfg: Config, steps_per_epoch: int,
+                  start_step: int) -> Iterator[Batch]:
+    """Endless micro-batches for the rank owning ``lanes`` (their ids ``lane_ids``) from global step
+    ``start_step`` on: per step, micro-batch s of each lane in turn (points 4, 5 and 7)."""
     step = start_step
     while True:
         epoch, in_epoch = divmod(step, steps_per_epoch)
-        first, end = in_epoch * per_step, steps_per_epoch * per_step
-        for index, batch in enumerate(epoch_stream(dataset, cfg, epoch)):
-            if index >= end:
-                break
-            if index >= first and index % world == rank:
-                yield batch
+        streams = [islice(lane_stream(source, cfg, epoch, lane), in_epoch, steps_per_epoch)
+                   for source, lane in zip(lanes, lane_ids)]
+        for group in zip(*streams):
+            yield from group
         step = (epoch + 1) * steps_per_epoch
 
 
-def epoch_stream(dataset: BatchSource, cfg: Config, epoch: int) -> Iterator[Batch]:
-    """Every micro-batch of one epoch, in order, the same on every rank and for any worker count."""
+def lane_stream(lane: BatchSource, cfg: Config, epoch: int, lane_id: int) -> Iterator[Batch]:
+    """One lane's micro-batches in one epoch, in order: the same for any worker count (point 4)."""
     micro = cfg.train.micro_batch_size
+    rng = np.random.default_rng([cfg.train.seed, epoch, lane_id])
     if cfg.train.group_by_length:
-        return length_grouped(dataset, micro, cfg.train.length_group_window, np.random.default_rng([cfg.train.seed, epoch]))
-    batches = iter(dataset.iter_batches(batch_size=micro, batch_format="numpy", drop_last=True))
-    if epoch > 0:
-        batches = window_shuffle(batches, np.random.default_rng(cfg.train.seed + epoch), window=WINDOW)
-    return batches
+        return length_grouped(lane, micro, cfg.train.length_group_window, rng)
+    batches = iter(lane.iter_batches(batch_size=micro, batch_format="numpy", drop_last=True))
+    return window_shuffle(batches, rng, window=WINDOW) if epoch > 0 else batches
 
 
 def length_grouped(dataset: BatchSource, micro: int, window: int, rng: np.random.Generator) -> Iterator[Batch]:
@@ -145,27 +161,50 @@ def window_shuffle(batches: Iterable[T], rng: np.random.Generator, window: int) 
     yield from (buffer[i] for i in rng.permutation(len(buffer)))
 
 
+def eval_starts(eval_pairs: int, micro_batch_size: int, world: int) -> list[int]:
+    """Row indices of the eval set where ranks 1 .. W-1's shares begin (point 6)."""
+    per_rank = eval_rounds(eval_pairs, micro_batch_size, world) * micro_batch_size
+    return [min(r * per_rank, eval_pairs) for r in range(1, world)]
+
+
+def eval_rounds(eval_pairs: int, micro_batch_size: int, world: int) -> int:
+    """Forwards every rank runs per eval: ceil(M / W) of the M eval micro-batches."""
+    micro_batches = -(-eval_pairs // micro_batch_size)
+    return -(-micro_batches // world)
+
+
 class EvalShard:
-    """This rank's eval micro-batches (r, r + W, ...), the first micro-batch and their count, read
-    from the eval dataset at the first eval and kept for the later ones: each read would re-run the
-    Ray Data pipeline. Holds 1/W of the eval set's token ids."""
+    """This rank's eval micro-batches (its own share, point 6), read at the first eval and kept for
+    the later ones: each read would re-run the Ray Data pipeline. A rank with fewer than ``rounds``
+    micro-batches runs the rest on a filler batch (the first of rank 0's share) it does not count,
+    so every rank runs as many forwards and ZeRO-3's gathers match across ranks."""
 
-    def __init__(self, dataset: BatchSource, micro_batch_size: int, rank: int, world: int) -> None:
-        self._dataset, self._micro, self._rank, self._world = dataset, micro_batch_size, rank, world
-        self._read: tuple[list[Batch], Batch | None, int] | None = None
+    def __init__(self, own: BatchSource, filler: BatchSource, micro_batch_size: int, rounds: int) -> None:
+        self._own, self._filler, self._micro, self._rounds = own, filler, micro_batch_size, rounds
+        self._read: tuple[list[Batch], Batch | None] | None = None
 
-    def batches(self) -> tuple[list[Batch], Batch | None, int]:
+    def batches(self) -> tuple[list[Batch], Batch | None]:
+        """This rank's micro-batches and the filler (None when it needs none)."""
         if self._read is None:
-            mine, first, total = [], None, 0
-            for index, batch in enumerate(self._dataset.iter_batches(batch_size=self._micro, batch_format="numpy")):
-                first = batch if first is None else first
-                total = index + 1
-                if index % self._world == self._rank:
-                    mine.append(batch)
-            self._read = (mine, first, total)
+            mine = list(self._own.iter_batches(batch_size=self._micro, batch_format="numpy"))
+            filler = None
+            if len(mine) < self._rounds:
+                filler = next(iter(self._filler.iter_batches(batch_size=self._micro, batch_format="numpy")))
+            self._read = (mine, filler)
         return self._read
 
     def rounds(self) -> int:
-        """Forwards every rank runs per eval, ceil(total / W): a rank with one micro-batch fewer
-        runs one it does not count, so ZeRO-3's gathers match across ranks."""
-        return -(-self.batches()[2] // self._world)
+        return self._rounds
+
+
+class ReadCounter:
+    """A BatchSource that counts what passes through it: the rows and token ids a worker read."""
+
+    def __init__(self, source: BatchSource) -> None:
+        self._source, self.rows, self.tokens = source, 0, 0
+
+    def iter_batches(self, *, batch_size: int, batch_format: str, drop_last: bool = False) -> Iterator[Batch]:
+        for batch in self._source.iter_batches(batch_size=batch_size, batch_format=batch_format, drop_last=drop_last):
+            self.rows += len(batch["row_id"])
+            self.tokens += sum(len(ids) for name in TOKEN_FIELDS for ids in batch[name])
+            yield batch

@@ -148,10 +148,10 @@ def test_train_controller_polls_often_unless_the_user_set_it(tiny_model_dir: str
     cfg = load_config(None, small_overrides(tiny_model_dir, pairs_jsonl, str(tmp_path / "run")))
     ds = ray.data.range(2)
     monkeypatch.delenv(POLL_ENV, raising=False)
-    build_trainer(cfg, ds, ds, {})
+    build_trainer(cfg, ds, ds, {"steps_per_epoch": 1})
     assert float(os.environ[POLL_ENV]) == float(POLL_SECONDS) < 2.0
     monkeypatch.setenv(POLL_ENV, "1.5")
-    build_trainer(cfg, ds, ds, {})
+    build_trainer(cfg, ds, ds, {"steps_per_epoch": 1})
     assert os.environ[POLL_ENV] == "1.5"
 
 
@@ -284,17 +284,24 @@ def test_killed_worker_and_resumed_run_match_an_uninterrupted_run(tiny_model_dir
 @pytest.mark.slow  # two runs
 def test_one_and_two_workers_follow_the_same_trajectory(tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path, shared_caches: Path) -> None:
     # batch 16 = micro 8 x 2 workers x 1 step = micro 8 x 1 worker x 2 accumulation steps: the same
-    # pairs in every global batch (dpo_ray.train.order.micro_batches), so the same losses.
+    # pairs in every global batch (dpo_ray.train.order.micro_batches), so the same losses. ZeRO-3: the
+    # model loads partitioned (dpo_ray.modeling.load_model_partitioned) over 1 and over 2 ranks.
     runs = {}
     for workers in (1, 2):
         out = tmp_path / f"w{workers}"
         runs[workers] = run(load_config(None, small_overrides(tiny_model_dir, pairs_jsonl, str(out), caches=shared_caches, **{
-            "train.num_workers": workers, "train.micro_batch_size": 8, "train.eval_every": 4})))
+            "train.num_workers": workers, "train.micro_batch_size": 8, "train.eval_every": 4, "train.zero_stage": 3})))
+    assert runs[1]["initial_eval/loss"] == pytest.approx(math.log(2), abs=1e-4)  # step 0: policy == cached reference
+    assert runs[2]["initial_eval/loss"] == pytest.approx(math.log(2), abs=1e-4)
     h1, h2 = _history(tmp_path / "w1"), _history(tmp_path / "w2")
     for a, b in zip(h1, h2):
         if "train/loss" in a:
             assert a["train/loss"] == pytest.approx(b["train/loss"], abs=1e-5), a["step"]
     assert runs[1]["eval/loss"] == pytest.approx(runs[2]["eval/loss"], abs=1e-5)
+    # Each worker read only its own lanes: half the rows and token ids one worker read (train/order.py).
+    one, two = ([runs[w][f"data/{k}_read_per_worker"] for k in ("rows", "tokens")] for w in (1, 2))
+    assert two[0][0] == two[0][1] and two[0][0] + two[0][1] == one[0][0] >= runs[1]["train/pairs_seen"]
+    assert two[1][0] + two[1][1] == one[1][0] and 0 < two[1][0] < one[1][0]
 
 
 @pytest.mark.slow  # three runs

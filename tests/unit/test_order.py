@@ -17,7 +17,8 @@ import pytest
 from dpo_ray.config import Config, DataConfig, SourceConfig, TrainConfig
 from dpo_ray.data.parse import DataError
 from dpo_ray.train.order import (
-    WINDOW, Batch, EvalShard, add_order_key, epoch_stream, micro_batches, mixture_copies, mixture_rates, window_shuffle,
+    TOKEN_FIELDS, WINDOW, Batch, EvalShard, ReadCounter, add_order_key, eval_rounds, eval_starts, lane_starts,
+    lane_stream, micro_batches, mixture_copies, mixture_rates, rank_lanes, window_shuffle,
 )
 
 MICRO, BATCH = 2, 8  # 4 micro-batches per global step: A x W = 4 x 1 = 2 x 2 = 1 x 4
@@ -134,16 +135,23 @@ def test_window_shuffle_permutes_within_windows() -> None:
     assert out != list(window_shuffle(iter(items), np.random.default_rng(6), window=WINDOW))
 
 
+def pieces(columns: Batch, cuts: list[int]) -> list[FakeShard]:
+    """np.split of the columns at ``cuts``: what split_at_indices makes of a materialized dataset."""
+    bounds = [0, *cuts, len(columns["row_id"])]
+    return [FakeShard({k: v[a:b] for k, v in columns.items()}) for a, b in zip(bounds, bounds[1:])]
+
+
 @pytest.mark.parametrize("group", [False, True])
-def test_epoch_stream_seeded_per_epoch(group: bool) -> None:
-    shard = FakeShard(ordered(pairs(80 * MICRO), seed=42))
+def test_lane_stream_seeded_per_epoch_and_lane(group: bool) -> None:
+    lane = FakeShard(ordered(pairs(80 * MICRO), seed=42))
     cfg = config(group=group)
-    epochs = [ids(epoch_stream(shard, cfg, e)) for e in range(3)]
+    epochs = [ids(lane_stream(lane, cfg, e, 3)) for e in range(3)]
     assert epochs[0] != epochs[1] != epochs[2] != epochs[0]
     assert all(sorted(e) == sorted(epochs[0]) for e in epochs)  # 160 pairs, a whole number of windows
-    assert epochs == [ids(epoch_stream(shard, cfg, e)) for e in range(3)]  # re-read: the same
-    assert epochs[1] != ids(epoch_stream(shard, config(group=group, seed=43), 1))
-    plain = ids([shard.columns])
+    assert epochs == [ids(lane_stream(lane, cfg, e, 3)) for e in range(3)]  # re-read: the same
+    assert epochs[1] != ids(lane_stream(lane, config(group=group, seed=43), 1, 3))
+    assert epochs[1] != ids(lane_stream(lane, cfg, 1, 4))  # each lane its own permutation
+    plain = ids([lane.columns])
     if not group:  # epoch 0 is the seeded order itself; later epochs permute within windows of WINDOW micro-batches
         assert epochs[0] == plain
         span = WINDOW * MICRO
@@ -153,9 +161,7 @@ def test_epoch_stream_seeded_per_epoch(group: bool) -> None:
 
 def test_length_grouping_cuts_each_window_by_width() -> None:
     columns = ordered(pairs(4 * 4 * MICRO + 3), seed=42)  # 4 windows of 4 micro-batches, a last of 3 pairs
-    shard = FakeShard(columns)
-    cfg = config(group=True)
-    batches = list(epoch_stream(shard, cfg, 0))
+    batches = list(lane_stream(FakeShard(columns), config(group=True), 0, 0))
     assert len(batches) == 17 and all(len(b["row_id"]) == MICRO for b in batches)  # the odd pair left out
     assert set(ids(batches[16:])) < set(ids([columns])[32:])
     plain = ids([columns])
@@ -168,20 +174,23 @@ def test_length_grouping_cuts_each_window_by_width() -> None:
         assert all(a[-1] <= b[0] for a, b in zip(cuts, cuts[1:]))  # cut from the width-sorted window
 
 
-# --- micro-batches: epochs, workers, resume -------------------------------------------------------
+# --- micro-batches: lanes, epochs, workers, resume ------------------------------------------------
 
-def rank_streams(shard: FakeShard, world: int, group: bool, steps_per_epoch: int, start: int = 0) -> list[Iterator[Batch]]:
+def rank_streams(columns: Batch, world: int, group: bool, steps_per_epoch: int, start: int = 0,
+                 lanes: list[FakeShard] | None = None) -> list[Iterator[Batch]]:
+    """Each rank's micro_batches over its own lanes, cut from the ordered set as the trainer cuts them."""
     cfg = config(world=world, group=group)
-    return [micro_batches(shard, cfg, r, world, steps_per_epoch, start) for r in range(world)]
+    lanes = lanes or pieces(columns, lane_starts(cfg, steps_per_epoch))
+    return [micro_batches([lanes[c] for c in rank_lanes(cfg, r, world)], rank_lanes(cfg, r, world), cfg,
+                          steps_per_epoch, start) for r in range(world)]
 
 
 def global_batches(streams: list[Iterator[Batch]], steps: int) -> list[list[str]]:
-    """Each step's global batch, rebuilt from the ranks' shares: global micro-batch i of a step is
-    rank i mod W's (i // W)-th of that step."""
-    world = len(streams)
-    accum = BATCH // (MICRO * world)
+    """Each step's global batch in lane order, rebuilt from the ranks' shares: lane c of a step is
+    rank c // A's (c mod A)-th micro-batch of that step."""
+    accum = BATCH // (MICRO * len(streams))
     shares = [take(s, steps * accum) for s in streams]
-    return [ids(shares[i % world][step * accum + i // world] for i in range(accum * world)) for step in range(steps)]
+    return [ids(shares[c // accum][step * accum + c % accum] for c in range(BATCH // MICRO)) for step in range(steps)]
 
 
 @pytest.mark.parametrize("group", [False, True])
@@ -197,7 +206,7 @@ def test_each_epoch_covers_each_pair_its_copies_times(group: bool, mixture: bool
         copies = Counter(ids([columns]))
     steps_per_epoch = len(columns["row_id"]) // BATCH
     assert steps_per_epoch * BATCH == sum(copies.values())
-    steps = global_batches(rank_streams(FakeShard(columns), 1, group, steps_per_epoch), 3 * steps_per_epoch)
+    steps = global_batches(rank_streams(columns, 1, group, steps_per_epoch), 3 * steps_per_epoch)
     for e in range(3):
         seen = Counter(r for batch in steps[e * steps_per_epoch:(e + 1) * steps_per_epoch] for r in batch)
         assert seen == copies, f"epoch {e}"
@@ -205,57 +214,76 @@ def test_each_epoch_covers_each_pair_its_copies_times(group: bool, mixture: bool
 
 
 @pytest.mark.parametrize("group", [False, True])
-def test_epoch_boundary_leaves_out_the_tail_and_carries_nothing(group: bool) -> None:
+def test_each_epoch_takes_the_lanes_and_leaves_out_the_tail(group: bool) -> None:
     columns = ordered(pairs(6 * BATCH + 5), seed=42)  # 6 global batches and 5 pairs left out per epoch
-    shard = FakeShard(columns)
-    steps = global_batches(rank_streams(shard, 2, group, steps_per_epoch=6), 12)
-    cfg = config(world=2, group=group)
+    steps = global_batches(rank_streams(columns, 2, group, steps_per_epoch=6), 12)
+    plain, lane_rows = ids([columns]), 6 * MICRO
     for e in range(2):
-        stream = ids(epoch_stream(shard, cfg, e))
-        epoch = [r for batch in steps[6 * e:6 * e + 6] for r in batch]
-        assert epoch == stream[:6 * BATCH]  # the epoch's own first 6 global batches, in order
-        assert len(set(epoch)) == len(epoch) and len(stream) - len(epoch) < BATCH
+        epoch = steps[6 * e:6 * e + 6]
+        assert sorted(r for batch in epoch for r in batch) == sorted(plain[:6 * BATCH])  # the tail is never taken
+        for c in range(BATCH // MICRO):  # each global batch: one micro-batch of every lane, lane c's from its slice
+            lane = set(plain[c * lane_rows:(c + 1) * lane_rows])
+            assert all(set(batch[c * MICRO:(c + 1) * MICRO]) <= lane for batch in epoch)
+        if not group and e == 0:  # epoch 0: micro-batch s of each lane, in the seeded order
+            assert epoch[1][:MICRO] == plain[MICRO:2 * MICRO]
 
 
 @pytest.mark.parametrize("group", [False, True])
-def test_one_two_four_workers_take_the_same_global_batches(group: bool) -> None:
-    shard = FakeShard(ordered(pairs(5 * BATCH), seed=42))
-    by_world = {w: global_batches(rank_streams(shard, w, group, steps_per_epoch=5), 10) for w in (1, 2, 4)}
+def test_one_two_four_workers_take_the_same_global_batches_reading_their_own_lanes(group: bool) -> None:
+    columns = ordered(pairs(5 * BATCH + 3), seed=42)
+    by_world = {w: global_batches(rank_streams(columns, w, group, steps_per_epoch=5), 10) for w in (1, 2, 4)}
     assert by_world[1] == by_world[2] == by_world[4]
-    # the stride itself: rank r's micro-batches of step s are global micro-batches r, r + W, ... of s
-    epoch = [ids([b]) for b in epoch_stream(shard, config(world=4, group=group), 0)]
-    for world in (2, 4):
-        accum = BATCH // (MICRO * world)
-        for rank, stream in enumerate(rank_streams(shard, world, group, steps_per_epoch=5)):
-            mine = [ids([b]) for b in take(stream, 5 * accum)]
-            assert mine == [epoch[i] for i in range(5 * accum * world) if i % world == rank]
+    for world in (2, 4):  # each rank reads its own lanes only: 1/W of an epoch's rows, each once an epoch
+        cfg = config(world=world, group=group)
+        lanes = pieces(columns, lane_starts(cfg, 5))
+        counters = [ReadCounter(lane) for lane in lanes]
+        streams = rank_streams(columns, world, group, steps_per_epoch=5, lanes=counters)  # type: ignore[arg-type]
+        global_batches(streams, 10)  # two epochs
+        for rank in range(world):
+            mine = [counters[c] for c in rank_lanes(cfg, rank, world)]
+            assert sum(c.rows for c in mine) == 2 * 5 * BATCH // world
+        assert counters[-1].rows == 0 and len(lanes[-1].columns["row_id"]) == 3  # the tail: never read
 
 
 @pytest.mark.parametrize("group", [False, True])
 @pytest.mark.parametrize("world", [1, 2])
 def test_resume_mid_epoch_replays_what_an_uninterrupted_run_takes(group: bool, world: int) -> None:
-    shard = FakeShard(ordered(pairs(5 * BATCH + 3), seed=42))
-    full = global_batches(rank_streams(shard, world, group, steps_per_epoch=5), 15)  # three epochs
+    columns = ordered(pairs(5 * BATCH + 3), seed=42)
+    full = global_batches(rank_streams(columns, world, group, steps_per_epoch=5), 15)  # three epochs
     for k in (2, 5, 7, 13):  # mid epoch 0, an epoch boundary, mid epoch 1, mid epoch 2
-        resumed = global_batches(rank_streams(shard, world, group, steps_per_epoch=5, start=k), 15 - k)
+        resumed = global_batches(rank_streams(columns, world, group, steps_per_epoch=5, start=k), 15 - k)
         assert resumed == full[k:], f"resume at step {k}"
+
+
+def test_read_counter_counts_rows_and_token_ids() -> None:
+    columns = pairs(10)
+    counter = ReadCounter(FakeShard(columns))
+    assert sum(len(b["row_id"]) for b in counter.iter_batches(batch_size=4, batch_format="numpy", drop_last=True)) == 8
+    assert counter.rows == 8
+    assert counter.tokens == sum(len(columns[name][i]) for name in TOKEN_FIELDS for i in range(8))
 
 
 # --- the eval shard -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("world", [1, 2, 4])
+@pytest.mark.parametrize("world", [1, 2, 4, 8])
 def test_eval_shard_every_pair_on_exactly_one_rank(world: int) -> None:
     columns = pairs(23)  # 6 micro-batches of 4, the last of 3
-    shard = FakeShard(columns)
-    shards = [EvalShard(shard, 4, r, world) for r in range(world)]
+    shares = pieces(columns, eval_starts(23, 4, world))
+    rounds = eval_rounds(23, 4, world)
+    assert rounds == -(-6 // world)
+    shards = [EvalShard(share, shares[0], 4, rounds) for share in shares]
     seen = Counter(r for s in shards for r in ids(s.batches()[0]))
     assert seen == Counter(ids([columns]))  # none dropped, none twice
-    for rank, s in enumerate(shards):
-        mine, first, total = s.batches()
-        assert total == 6 and ids([first]) == ids([columns])[:4]
-        assert len(mine) == len(range(rank, 6, world)) and s.rounds() == -(-6 // world) >= len(mine)
-    reads = shard.reads
-    assert [s.batches()[2] for s in shards] == [6] * world and shard.reads == reads  # kept, not read again
+    for s, share in zip(shards, shares):
+        mine, filler = s.batches()
+        assert len(mine) <= rounds and len(share.columns["row_id"]) <= rounds * 4  # its own share only
+        assert (filler is None) == (len(mine) == rounds)
+        if filler is not None:  # a forward it does not count: rank 0's first micro-batch
+            assert ids([filler]) == ids([columns])[:4]
+    reads = [share.reads for share in shares]
+    for s in shards:
+        s.batches()
+    assert [share.reads for share in shares] == reads  # kept, not read again
 
 
 def test_order_imports_neither_ray_nor_torch() -> None:
