@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -92,6 +93,13 @@ def test_padding_bench_smoke(tmp_path: Path) -> None:
     assert all(r["micro_batch_size"] == 4 for r in runs.values())
     assert all(0 <= r["grouped"] < 1 and 0 <= r["ungrouped"] < 1 for r in runs.values())
     assert runs["varying_lengths"]["grouped"] < runs["varying_lengths"]["ungrouped"]  # grouping pads less
+    reads = {r["workers"]: r for r in result["worker_reads"]}
+    assert list(reads) == [1, 2, 4]
+    one = reads[1]["train_rows_per_worker"][0]
+    for world, r in reads.items():  # each rank reads 1/W of the epoch's train rows, and the eval pairs once in all
+        assert r["train_rows_per_worker"] == [one // world] * world
+        assert sum(r["train_bytes_per_worker"]) == reads[1]["train_bytes_per_worker"][0]
+        assert sum(r["eval_rows_per_worker"]) == reads[1]["eval_rows_per_worker"][0] > 0
 
 
 @pytest.mark.slow
@@ -177,3 +185,29 @@ def test_smoke_plans_name_the_full_benches_arms() -> None:
     data, committed = _bench("data").measurement_plan(False, 100_000, 400_000), _committed("data")
     assert data == {s: [(r["pairs"], r["cpus"], r["cache"]) for r in committed[s]] for s in data}
     assert len({m for ms in data.values() for m in ms}) == 5  # the smoke's: 3 (test_data_bench_smoke)
+
+
+def test_gpu_check_smoke(tmp_path: Path) -> None:
+    """bench/gpu_check.sh --smoke (issue 18's GPU check on CPU, so it never rots): every row is in the
+    table; the rows CPU can run ran (objective, ZeRO-2 and ZeRO-3 engines, reference scorer) with
+    finite positive figures; flash-attention and the GPU quickstart say why they were skipped."""
+    proc = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), "--smoke", "--out", str(tmp_path), "--peak-tflops", "1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "GPU_CHECK_WHEELS": str(tmp_path / "no-wheels")})
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    titles = _bench("gpu_check").ROWS
+    result = json.loads((tmp_path / "gpu_check.json").read_text())
+    rows = result["rows"]
+    assert list(rows) == list(titles) and result["smoke"] is True
+    ran = {"objective_sdpa", "zero2", "zero3", "reference"}
+    assert {name for name, r in rows.items() if r["status"] == "ok"} == ran
+    for name in ran:
+        figures = [rows[name][k] for k in ("pairs_per_s", "tokens_per_s", "peak_mib", "mfu")]
+        assert all(math.isfinite(v) and v > 0 for v in figures), (name, figures)
+        assert rows[name]["tokens_per_s"] > rows[name]["pairs_per_s"]
+    assert rows["objective_flash"]["status"] == rows["quickstart"]["status"] == "skipped"
+    table = (tmp_path / "gpu_check.md").read_text()
+    assert table == proc.stdout  # the table printed is the table written
+    lines = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| row ")]
+    assert [line.split(" | ")[0].removeprefix("| ") for line in lines] == list(titles.values())
+    assert sum("| skipped: " in line for line in lines) == 2 and "smoke run on CPU, of no performance meaning" in table
