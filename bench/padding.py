@@ -1,4 +1,5 @@
-"""Train batches: pad-token fraction with and without length grouping (train.group_by_length).
+"""Train batches: pad-token fraction with and without length grouping (train.group_by_length), and
+what each worker reads of the train and eval sets for 1, 2 and 4 workers.
 
 python bench/padding.py                                -> bench/results/padding.json
 python bench/padding.py --smoke --results-dir /tmp/x   -> 200 varying-length pairs, micro-batch 4 only
@@ -7,6 +8,12 @@ The train set is the one a run trains on (pipeline.prepare_datasets: tokenized, 
 and the micro-batches are the train loop's own (train.order.micro_batches, one worker, one epoch),
 collated as the trainer collates them; no model runs, so the figure is exact and cheap. Pad fraction =
 1 - real tokens / (2B x T) over the epoch, what a run reports as perf/pad_fraction.
+
+Worker reads: the datasets the trainer hands each rank (train.trainer.worker_datasets: its own lanes
+and eval share, split from the same materialized, ordered sets), iterated as the train loop iterates
+them for one epoch (train.order.micro_batches, EvalShard) through train.order.ReadCounter: rows, token
+ids and bytes that came out of Ray Data into the rank. Before issue 18 every rank read the whole
+ordered train and eval sets each epoch and kept its stride.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import ray
 
@@ -30,7 +38,8 @@ from dpo_ray.config_load import load_config, resolve_paths
 from dpo_ray.modeling import load_tokenizer  # noqa: E402
 from dpo_ray.run import prepare_datasets  # noqa: E402
 from dpo_ray.toy import build_tiny_model, make_preference_rows  # noqa: E402
-from dpo_ray.train.order import lane_starts, micro_batches, rank_lanes  # noqa: E402
+from dpo_ray.train.order import EvalShard, ReadCounter, lane_starts, micro_batches, rank_lanes  # noqa: E402
+from dpo_ray.train.trainer import worker_datasets  # noqa: E402
 
 MICRO_BATCH_SIZES = (4, 8, 16)
 
@@ -52,6 +61,39 @@ def epoch_pad_fraction(train_ds: ray.data.Dataset, cfg: Config, steps_per_epoch:
         t = collate_pairs(b["prompt_ids"], b["chosen_ids"], b["rejected_ids"], pad_id=pad_id)
         real, slots = real + count_tokens(t), slots + t["attention_mask"].numel()
     return 1 - real / slots
+
+
+WORKER_COUNTS = (1, 2, 4)
+
+
+def worker_reads(train_ds: ray.data.Dataset, eval_ds: ray.data.Dataset, base: list[str], train_pairs: int) -> list[dict[str, Any]]:
+    """Per worker count: each rank's rows, token ids and bytes read in one epoch (train and eval)."""
+    rows = []
+    for world in WORKER_COUNTS:
+        cfg = load_config(None, [*base, "train.batch_size=32", "train.micro_batch_size=4", f"train.num_workers={world}"])
+        steps = train_pairs // cfg.train.batch_size
+        datasets, rounds = worker_datasets(cfg, train_ds, eval_ds, steps)
+        train, evals = [], []
+        for rank in range(world):
+            lanes = rank_lanes(cfg, rank, world)
+            counters = [ReadCounter(datasets[f"lane_{c}"]) for c in lanes]
+            batches = micro_batches(counters, lanes, cfg, steps, start_step=0)
+            for _ in range(steps * len(lanes)):
+                next(batches)
+            train.append({"rows": sum(c.rows for c in counters), "tokens": sum(c.tokens for c in counters),
+                          "bytes": sum(c.bytes for c in counters)})
+            own = ReadCounter(datasets[f"eval_{rank}"])
+            EvalShard(own, datasets["eval_0"], cfg.train.micro_batch_size, rounds).batches()
+            evals.append(own.rows)
+        row = {"workers": world, "train_rows_per_worker": [t["rows"] for t in train],
+               "train_bytes_per_worker": [t["bytes"] for t in train],
+               "train_tokens_per_worker": [t["tokens"] for t in train], "eval_rows_per_worker": evals}
+        rows.append(row)
+        print(row, flush=True)
+    full = rows[0]
+    for row in rows:  # each worker's share of what one worker reads (the whole epoch); before issue 18: 1.0
+        row["max_share_of_one_worker_bytes"] = round(max(row["train_bytes_per_worker"]) / full["train_bytes_per_worker"][0], 4)
+    return rows
 
 
 def main() -> None:
@@ -83,6 +125,8 @@ def main() -> None:
                 row["grouped" if grouped else "ungrouped"] = round(epoch_pad_fraction(prepared.train, cfg, steps, pad_id), 4)
             runs.append(row)
             print(row, flush=True)
+        if name == "varying_lengths":
+            reads = worker_reads(prepared.train, prepared.eval, base, prepared.stats.epoch_train_pairs)
     path = write_result("padding", {
         "command": "python bench/padding.py" + (" --smoke" if args.smoke else ""),
         "notes": ("Pad fraction of one epoch of train micro-batches (train.batch_size=32, one worker), without and with "
@@ -90,6 +134,10 @@ def main() -> None:
                   "then permuted by a seeded RNG). quickstart: 3,000 toy pairs; varying_lengths: 2,000 pairs whose "
                   "prompts carry 0-120 filler words. Tokenizer: the bench's tiny trained tokenizer, data.max_length=256."),
         "runs": runs,
+        "worker_reads": reads,
+        "worker_reads_notes": ("varying_lengths' train and eval sets, batch 32 in micro-batches of 4, one epoch; each rank "
+                               "iterates only the datasets train.trainer.worker_datasets gives it. Before issue 18 each "
+                               "rank read the whole ordered train set (max_share 1.0 for every worker count)."),
     }, args.results_dir)
     print(f"wrote {path}")
 

@@ -197,12 +197,12 @@ def _perf_figures(state: RunState, device: torch.device, world: int, worker_node
 
 
 def _read_figures(reads: list[ReadCounter], world: int) -> dict[str, Any]:
-    """Train rows and token ids each rank read from Ray Data in this (re)start, in rank order (a collective)."""
-    mine = (sum(r.rows for r in reads), sum(r.tokens for r in reads))
+    """Train rows, token ids and bytes each rank read from Ray Data in this (re)start, in rank order (a collective)."""
+    mine = {"rows": float(sum(r.rows for r in reads)), "tokens": float(sum(r.tokens for r in reads)),
+            "bytes": float(sum(r.bytes for r in reads))}
     every: list[Any] = [None] * world
     dist.all_gather_object(every, mine)
-    return {"data/rows_read_per_worker": [float(rows) for rows, _ in every],
-            "data/tokens_read_per_worker": [float(tokens) for _, tokens in every]}
+    return {f"data/{name}_read_per_worker": [counts[name] for counts in every] for name in mine}
 
 
 def _import_deepspeed(use_gpu: bool) -> Any:

@@ -201,10 +201,18 @@ class ReadCounter:
     """A BatchSource that counts what passes through it: the rows and token ids a worker read."""
 
     def __init__(self, source: BatchSource) -> None:
-        self._source, self.rows, self.tokens = source, 0, 0
+        self._source, self.rows, self.tokens, self.bytes = source, 0, 0, 0
 
     def iter_batches(self, *, batch_size: int, batch_format: str, drop_last: bool = False) -> Iterator[Batch]:
         for batch in self._source.iter_batches(batch_size=batch_size, batch_format=batch_format, drop_last=drop_last):
             self.rows += len(batch["row_id"])
             self.tokens += sum(len(ids) for name in TOKEN_FIELDS for ids in batch[name])
+            self.bytes += sum(_nbytes(column) for column in batch.values())
             yield batch
+
+
+def _nbytes(column: np.ndarray) -> int:
+    """A numpy column's bytes; a list column (an object array of arrays) counts its elements' bytes."""
+    if column.dtype != object:
+        return int(column.nbytes)
+    return sum(np.asarray(value).nbytes for value in column)

@@ -261,6 +261,7 @@ def test_read_counter_counts_rows_and_token_ids() -> None:
     assert sum(len(b["row_id"]) for b in counter.iter_batches(batch_size=4, batch_format="numpy", drop_last=True)) == 8
     assert counter.rows == 8
     assert counter.tokens == sum(len(columns[name][i]) for name in TOKEN_FIELDS for i in range(8))
+    assert counter.bytes == counter.tokens * 8 + columns["row_id"][:8].nbytes + columns["mixture"][:8].nbytes  # int64 ids
 
 
 # --- the eval shard -------------------------------------------------------------------------------
