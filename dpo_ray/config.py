@@ -159,7 +159,7 @@ class ReferenceConfig:
     max_actors: int = 1
     """Largest size of the pool; an autoscaled cluster adds actors up to it."""
     num_gpus_per_actor: float = 0.0
-    """GPUs each scoring actor reserves (0 on CPU machines)."""
+    """GPUs each scoring actor reserves (0 on CPU machines); a whole number above 1 spreads one model over them."""
     batch_size: int = 256
     """Pairs per scoring call, scored rows_per_forward rows at a time (memory is bounded by
     rows_per_forward; a larger call pads less)."""
@@ -179,6 +179,8 @@ class ReferenceConfig:
             (self.num_gpus_per_actor >= 0 and self.batch_size >= 1,
              "reference.num_gpus_per_actor must be >= 0 and reference.batch_size >= 1"),
             (self.rows_per_forward >= 1, f"reference.rows_per_forward={self.rows_per_forward}: must be >= 1"),
+            (self.num_gpus_per_actor <= 1 or float(self.num_gpus_per_actor).is_integer(),  # Ray: a fraction of 1, or whole GPUs
+             f"reference.num_gpus_per_actor={self.num_gpus_per_actor}: above 1 it must be a whole number of GPUs"),
         )
 
 

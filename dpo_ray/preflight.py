@@ -16,6 +16,7 @@ Remote URIs (s3://, gs://) and hub datasets are not checked here (Ray Data and d
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import zipfile
@@ -26,6 +27,7 @@ from dpo_ray.config import Config, ConfigError
 from dpo_ray.data.parse import DataError, expand_paths, source_kind
 from dpo_ray.outputs import refuse_finished_run
 from dpo_ray.paths import is_remote, looks_like_hub_id
+from dpo_ray.reference.placement import spreads
 from dpo_ray.train.checkpoint import find_checkpoint
 from dpo_ray.tune.settings import TuneSettings, apply_params, domain_values
 
@@ -55,6 +57,15 @@ def preflight(cfg: Config, *, writes_model: bool = True) -> None:
         if source_kind(path) == "files":
             expand_paths(path, where=where)
     check_model(cfg.model.name_or_path, cfg.model.revision, cfg.model.trust_remote_code)
+    check_spread_support(cfg.reference.num_gpus_per_actor, reference_free=cfg.loss.reference_free())
+
+
+def check_spread_support(num_gpus_per_actor: float, *, reference_free: bool) -> None:
+    """A reference model spread over an actor's GPUs loads with device_map='auto', which needs accelerate
+    (checked on the driver; the scoring nodes run the same environment)."""
+    if spreads(num_gpus_per_actor) and not reference_free and importlib.util.find_spec("accelerate") is None:
+        raise ConfigError(f"reference.num_gpus_per_actor={num_gpus_per_actor:g}: spreading the reference model over "
+                          "several GPUs needs accelerate (device_map='auto'); pip install accelerate, or use 1 GPU per actor")
 
 
 def preflight_sweep(base: Config, settings: TuneSettings) -> None:

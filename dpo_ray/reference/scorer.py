@@ -13,6 +13,7 @@ import torch
 
 from dpo_ray.faults import fires_once
 from dpo_ray.modeling import load_model, load_tokenizer, resolve_dtype
+from dpo_ray.reference.placement import check_on_gpus, spreads
 from dpo_ray.train.collate import collate_pairs
 from dpo_ray.train.logprobs import sorted_sequence_stats, split_pairs
 
@@ -22,7 +23,9 @@ class ReferenceScorer:
 
     def __init__(self, name_or_path: str, revision: str | None, dtype: str, use_gpu: bool,
                  trust_remote_code: bool = False, rows_per_forward: int = 16, length_bucketing: bool = True,
-                 faults: dict[str, Any] | None = None) -> None:
+                 faults: dict[str, Any] | None = None, num_gpus: float = 1.0) -> None:
+        # ``num_gpus``: the GPUs this actor holds (reference.num_gpus_per_actor); above 1 one model is
+        # spread over them (accelerate's device_map), for a reference model larger than one GPU.
         # ``faults``: the test switch (dpo_ray.faults); an actor that fires dies, Ray restarts it
         # and retries its batch.
         self.faults, self.calls = faults or {}, 0
@@ -30,14 +33,20 @@ class ReferenceScorer:
         self.rows_per_forward, self.length_bucketing = rows_per_forward, length_bucketing
         self.device = torch.device("cuda" if use_gpu else "cpu")
         self.pad_id = load_tokenizer(name_or_path, revision, trust_remote_code).pad_token_id
-        # An actor given several GPUs (reference.num_gpus_per_actor > 1) spreads the layers over
-        # them (accelerate's device_map), for a reference model larger than one GPU.
-        spread = use_gpu and torch.cuda.device_count() > 1
+        spread = use_gpu and spreads(num_gpus)
+        if spread and torch.cuda.device_count() < int(num_gpus):
+            raise RuntimeError(f"reference: the actor sees {torch.cuda.device_count()} GPUs, reference.num_gpus_per_actor="
+                               f"{num_gpus:g} asked for more; check CUDA_VISIBLE_DEVICES on the node")
         self.model = load_model(
             name_or_path, revision=revision, dtype=resolve_dtype(dtype, on_gpu=use_gpu), disable_dropout=True,
             device_map="auto" if spread else None, trust_remote_code=trust_remote_code,
         )
-        if not spread:
+        if spread:
+            check_on_gpus(((n, p.device) for n, p in self.model.named_parameters()), int(num_gpus), name_or_path)
+            # Token ids go where the embedding is (the first layer: no extra copy); accelerate's hooks move
+            # the hidden states layer to layer, and sorted_sequence_stats reads the logits where they land.
+            self.device = self.model.get_input_embeddings().weight.device
+        else:
             self.model.to(self.device)
         self.model.eval()
 

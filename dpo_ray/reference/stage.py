@@ -16,6 +16,7 @@ from dpo_ray.data.rows import column_sums
 from dpo_ray.data.stage import commit_cached, read_cached
 from dpo_ray.data.tokenize import TOKENIZE_VERSION
 from dpo_ray.modeling import resolve_dtype
+from dpo_ray.reference.placement import pool_plan
 from dpo_ray.reference.scorer import ReferenceScorer
 from dpo_ray.stats import RefStats
 from dpo_ray.store import CacheStore, DataId, cache_key, model_identity, versions
@@ -66,6 +67,9 @@ def score_reference(cfg: Config, pairs: ray.data.Dataset) -> ray.data.Dataset:
     first forward (a shuffle of every token id) and cost more than the padding it saved.
     """
     ref = cfg.reference
+    plan = pool_plan(ref, [n["Resources"].get("GPU", 0.0) for n in ray.nodes() if n["Alive"]])
+    if plan.warning:
+        print(plan.warning, flush=True)
     blocks = max(4 * ref.max_actors, 8)  # a single block would run on one actor only
     return pairs.repartition(blocks).map_batches(
         ReferenceScorer,
@@ -74,9 +78,10 @@ def score_reference(cfg: Config, pairs: ray.data.Dataset) -> ray.data.Dataset:
             "dtype": ref.dtype, "use_gpu": ref.num_gpus_per_actor > 0, "trust_remote_code": cfg.model.trust_remote_code,
             "rows_per_forward": ref.rows_per_forward, "length_bucketing": ref.length_bucketing,
             "faults": faults.from_env(),  # the test switch (dpo_ray.faults); {} in a user's run
+            "num_gpus": plan.num_gpus_per_actor,  # above 1: one model spread over the actor's GPUs
         },
-        compute=ray.data.ActorPoolStrategy(min_size=ref.min_actors, max_size=ref.max_actors),
-        num_gpus=ref.num_gpus_per_actor,
+        compute=ray.data.ActorPoolStrategy(min_size=plan.min_size, max_size=plan.max_size),
+        num_gpus=plan.num_gpus_per_actor,
         batch_size=ref.batch_size,
         batch_format="numpy",
     )

@@ -151,7 +151,10 @@ def sorted_sequence_stats(model: torch.nn.Module, batch: dict[str, torch.Tensor]
         width = int(lengths[rows].max())
         sub = {k: v[rows, :width] for k, v in batch.items()}
         out = model(input_ids=sub["input_ids"], attention_mask=sub["attention_mask"], use_cache=False)
-        parts.append((rows, sequence_logps(out.logits, sub["input_ids"], sub["completion_mask"], prefix_lengths=prefix[rows])))
+        # A model spread over GPUs (device_map) may return the logits on another device than its inputs: read them there.
+        at = out.logits.device
+        parts.append((rows, sequence_logps(out.logits, sub["input_ids"].to(at), sub["completion_mask"].to(at),
+                                           prefix_lengths=prefix[rows].to(at))))
         pads[rows] = width - lengths[rows]
     fields = {}
     for name in ("logps", "num_tokens", "logits_sum", "prefix_logps"):
