@@ -240,15 +240,15 @@ def row_quickstart(env: Env) -> dict[str, Any]:
         return skipped("needs a GPU (train.use_gpu=true); the CPU quickstart is bench/quickstart.py")
     probe = subprocess.run([sys.executable, "-c", "import ray, ray.train, ray.data, deepspeed"], capture_output=True, text=True)
     if probe.returncode != 0:
-        return skipped(f"ray/deepspeed do not import ({probe.stderr.strip().splitlines()[-1]})")
+        return skipped(f"ray/deepspeed do not import ({(probe.stderr.strip().splitlines() or ['no message'])[-1]})")
     out = env.work / "quickstart"
     log = env.work / "quickstart.log"
     cmd = [sys.executable, "pipelines/dpo.py", "--config", "pipelines/configs/quickstart.yaml", "train.use_gpu=true",
-           "train.num_workers=1", "reference.num_gpus_per_actor=1", f"output_dir={out}",
+           "train.num_workers=1", "reference.num_gpus_per_actor=1", "train.report_to=[]", f"output_dir={out}",
            f"data.cache_dir={env.work / 'cache-tok'}", f"reference.cache_dir={env.work / 'cache-ref'}"]
     start = time.perf_counter()
     with log.open("w") as f:
-        proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, timeout=300)
+        proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, timeout=210)  # inside the row's 240 s
     if proc.returncode != 0:
         return {"status": "failed", "why": f"pipelines/dpo.py exited {proc.returncode}; see {log}"}
     m = json.loads((out / "metrics.json").read_text())
@@ -337,6 +337,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="each row in its own process (default: on GPU yes, in smoke mode no)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's dense peak, where PEAK_TFLOPS lacks it")
     parser.add_argument("--row-timeout", type=int, default=240, help="seconds per isolated row")
+    parser.add_argument("--budget", type=int, default=450,
+                        help="seconds for all isolated rows; a row that would start with under 20 s left is skipped")
     parser.add_argument("--row", choices=list(ROWS), help=argparse.SUPPRESS)  # one isolated row (run_isolated)
     parser.add_argument("--row-json", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -363,10 +365,16 @@ def main(argv: list[str]) -> None:
     isolate = gpu if args.isolate is None else args.isolate
     child_argv = [*(["--smoke"] if args.smoke else []), "--out", str(args.out),
                   *(["--peak-tflops", str(args.peak_tflops)] if args.peak_tflops else [])]
-    results = {}
+    results, deadline = {}, time.perf_counter() + args.budget
     for name in args.rows.split(","):
         start = time.perf_counter()
-        results[name] = run_isolated(name, child_argv, work, args.row_timeout) if isolate else RUNNERS[name](env)
+        left = int(deadline - start)
+        if isolate and left < 20:
+            results[name] = skipped(f"out of time (--budget {args.budget} s spent)")
+        elif isolate:
+            results[name] = run_isolated(name, child_argv, work, min(args.row_timeout, left))
+        else:
+            results[name] = RUNNERS[name](env)
         print(f"gpu_check: {name}: {results[name]['status']} in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
         gc.collect()
         if gpu:
