@@ -32,9 +32,11 @@ import math
 import os
 import platform
 import resource
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -94,7 +96,10 @@ class Env:
     device: torch.device
     dtype: torch.dtype
     peak_flops: float | None
+    out: Path
+    """The table, the rows' logs."""
     work: Path
+    """Scratch (the saved reference model, the quickstart's output and caches), removed at the end."""
     smoke: bool
 
 
@@ -242,7 +247,7 @@ def row_quickstart(env: Env) -> dict[str, Any]:
     if probe.returncode != 0:
         return skipped(f"ray/deepspeed do not import ({(probe.stderr.strip().splitlines() or ['no message'])[-1]})")
     out = env.work / "quickstart"
-    log = env.work / "quickstart.log"
+    log = env.out / "quickstart.log"
     cmd = [sys.executable, "pipelines/dpo.py", "--config", "pipelines/configs/quickstart.yaml", "train.use_gpu=true",
            "train.num_workers=1", "reference.num_gpus_per_actor=1", "train.report_to=[]", f"output_dir={out}",
            f"data.cache_dir={env.work / 'cache-tok'}", f"reference.cache_dir={env.work / 'cache-ref'}"]
@@ -282,18 +287,18 @@ def device_peak(device: torch.device, override_tflops: float | None) -> tuple[fl
     return None, name
 
 
-def run_isolated(name: str, argv: list[str], work: Path, timeout: int) -> dict[str, Any]:
+def run_isolated(name: str, argv: list[str], out: Path, timeout: int) -> dict[str, Any]:
     """One row in a fresh process (this script with --row); a crash or timeout becomes a failed row."""
-    path = work / f"row-{name}.json"
+    path = out / f"row-{name}.json"
     cmd = [sys.executable, __file__, *argv, "--row", name, "--row-json", str(path)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"status": "failed", "why": f"timed out after {timeout} s"}
-    (work / f"row-{name}.log").write_text(proc.stdout + proc.stderr)
+    (out / f"row-{name}.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"status": "failed", "why": f"exit {proc.returncode}: {last[:200]}; log {work / f'row-{name}.log'}"}
+        return {"status": "failed", "why": f"exit {proc.returncode}: {last[:200]}; log {out / f'row-{name}.log'}"}
     return json.loads(path.read_text())
 
 
@@ -341,6 +346,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="seconds for all isolated rows; a row that would start with under 20 s left is skipped")
     parser.add_argument("--row", choices=list(ROWS), help=argparse.SUPPRESS)  # one isolated row (run_isolated)
     parser.add_argument("--row-json", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)  # the parent's scratch dir
     args = parser.parse_args(argv)
     unknown = set(args.rows.split(",")) - set(ROWS)
     if unknown:
@@ -355,15 +361,15 @@ def main(argv: list[str]) -> None:
         sys.exit("bench/gpu_check.py: no CUDA device; run with --smoke on CPU")
     device = torch.device("cuda", 0) if gpu else torch.device("cpu")
     peak, device_name = device_peak(device, args.peak_tflops)
-    work = args.out / "work"
-    work.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = args.work or Path(tempfile.mkdtemp(prefix="dpo_ray-gpu-check-"))
     env = Env(shape=SMOKE if args.smoke else FULL, device=device, dtype=torch.bfloat16 if gpu else torch.float32,
-              peak_flops=peak, work=work, smoke=args.smoke)
+              peak_flops=peak, out=args.out, work=work, smoke=args.smoke)
     if args.row:  # a child of run_isolated
         args.row_json.write_text(json.dumps(RUNNERS[args.row](env)))
         return
     isolate = gpu if args.isolate is None else args.isolate
-    child_argv = [*(["--smoke"] if args.smoke else []), "--out", str(args.out),
+    child_argv = [*(["--smoke"] if args.smoke else []), "--out", str(args.out), "--work", str(work),
                   *(["--peak-tflops", str(args.peak_tflops)] if args.peak_tflops else [])]
     results, deadline = {}, time.perf_counter() + args.budget
     for name in args.rows.split(","):
@@ -372,7 +378,7 @@ def main(argv: list[str]) -> None:
         if isolate and left < 20:
             results[name] = skipped(f"out of time (--budget {args.budget} s spent)")
         elif isolate:
-            results[name] = run_isolated(name, child_argv, work, min(args.row_timeout, left))
+            results[name] = run_isolated(name, child_argv, args.out, min(args.row_timeout, left))
         else:
             results[name] = RUNNERS[name](env)
         print(f"gpu_check: {name}: {results[name]['status']} in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
@@ -392,6 +398,7 @@ def main(argv: list[str]) -> None:
     print(table, end="")
     (args.out / "gpu_check.md").write_text(table)
     (args.out / "gpu_check.json").write_text(json.dumps({**header, "rows": results}, indent=1))
+    shutil.rmtree(work, ignore_errors=True)
     print(f"wrote {args.out / 'gpu_check.md'} and gpu_check.json", file=sys.stderr)
 
 

@@ -6,11 +6,14 @@
 #   bash bench/gpu_check.sh --pack DIR                                   on a machine with network: fill DIR with
 #                                                                         the wheels a machine without one needs
 #
-# Ray and DeepSpeed may travel as wheels: if GPU_CHECK_WHEELS (default: wheels/ in the repo root) holds
-# *.whl files, each one whose distribution is not installed yet is installed with pip --no-index
+# Ray and DeepSpeed may travel as wheels. GPU_CHECK_WHEELS (default: wheels, relative to the repo root;
+# a colon-separated list of folders) is copied into GPU_CHECK_SITE.incoming, which persists between
+# calls; each wheel there whose distribution is not installed yet is installed with pip --no-index
 # --no-deps into GPU_CHECK_SITE (default /tmp/dpo_ray_gpu_check_site), put first on PYTHONPATH (Ray's
-# workers inherit it). A wheel larger than what one call may carry travels split as NAME.whl.part-aa,
-# NAME.whl.part-ab, ... (what --pack writes); they are joined here first.
+# workers inherit it). A wheel larger than one call may carry (ray: 75.6 MiB) travels as NAME.whl.part-aa,
+# -ab, ... plus NAME.whl.sha256 (what --pack writes), possibly over several calls: each part in an
+# ignored folder named in the call's carry (wheels-1/, wheels-2/; a warm machine keeps the earlier
+# one), GPU_CHECK_WHEELS=wheels-1:wheels-2. Parts are joined once their sha256 matches.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +30,7 @@ pack() {  # pack DIR: ray for GPU_CHECK_PYTHON (default 3.12), a deepspeed wheel
         typing-inspection click jsonschema jsonschema-specifications referencing rpds-py attrs protobuf fsspec "${binary[@]}"
     for whl in "$dir"/*.whl; do
         if [ "$(stat -c %s "$whl")" -gt "$PART_BYTES" ]; then
+            (cd "$dir" && sha256sum "$(basename "$whl")" > "$(basename "$whl").sha256")
             split -b "$PART_BYTES" "$whl" "$whl.part-" && rm "$whl"
         fi
     done
@@ -43,14 +47,27 @@ sizes() {  # every file in DIR with its size, and whether it fits one 64 MiB cal
     awk -v b="$total" 'BEGIN { printf "gpu_check: %8.1f MiB  in all\n", b / 1048576 }'
 }
 
-install_wheels() {  # install_wheels DIR SITE
-    local dir=$1 site=$2 whl name
-    sizes "$dir" >&2
-    for first in "$dir"/*.whl.part-aa; do
-        [ -e "$first" ] || continue
-        whl=${first%.part-aa}
-        [ -e "$whl" ] || cat "$whl".part-* > "$whl"
+install_wheels() {  # install_wheels DIRS SITE: DIRS colon-separated
+    local list=$1 site=$2 dir whl name sum dirs
+    local staged="$site.incoming"
+    mkdir -p "$staged"
+    IFS=: read -ra dirs <<< "$list"
+    for dir in "${dirs[@]}"; do
+        [ -d "$dir" ] && sizes "$dir" >&2 && cp -n "$dir"/* "$staged"/ 2>/dev/null || true
     done
+    for sum in "$staged"/*.whl.sha256; do
+        [ -e "$sum" ] || continue
+        whl=${sum%.sha256}
+        [ -e "$whl" ] && continue
+        cat "$whl".part-* > "$whl.joining" 2>/dev/null || true
+        if [ "$(sha256sum < "$whl.joining" | cut -d' ' -f1)" = "$(cut -d' ' -f1 "$sum")" ]; then
+            mv "$whl.joining" "$whl"
+        else
+            rm -f "$whl.joining"
+            echo "gpu_check: $(basename "$whl"): parts incomplete ($(ls "$whl".part-* 2>/dev/null | wc -l) here); not installed yet" >&2
+        fi
+    done
+    dir=$staged
     for whl in "$dir"/*.whl; do
         [ -e "$whl" ] || continue
         name=$(basename "$whl" | cut -d- -f1)
@@ -69,9 +86,13 @@ fi
 
 WHEELS=${GPU_CHECK_WHEELS:-wheels}
 SITE=${GPU_CHECK_SITE:-/tmp/dpo_ray_gpu_check_site}
-if compgen -G "$WHEELS/*.whl*" > /dev/null; then
-    install_wheels "$WHEELS" "$SITE"
-fi
+IFS=: read -ra wheel_dirs <<< "$WHEELS"
+for dir in "${wheel_dirs[@]}" "$SITE.incoming"; do
+    if [ -d "$dir" ]; then
+        install_wheels "$WHEELS" "$SITE"
+        break
+    fi
+done
 if [ -d "$SITE" ]; then
     export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 fi
