@@ -56,6 +56,40 @@ def _targets() -> list[str]:
             *[f"| {name} | {value} | {'yes' if met else '**no**'} |" for name, value, met in rows], ""]
 
 
+def _gpu_check() -> list[str]:
+    """Issue 18's GPU check: how to run it, the measured table where a GPU run wrote one
+    (bench/results/gpu_check/gpu_check.md), and the CPU smoke table (bench/results/gpu_check_smoke.md)."""
+    measured, smoke = RESULTS / "gpu_check" / "gpu_check.md", RESULTS / "gpu_check_smoke.md"
+    lines = ["## GPU check (issue 18)", "",
+             "`bash bench/gpu_check.sh` on a one-GPU machine (CUDA torch, transformers, peft; Ray and DeepSpeed are",
+             "optional) prints one table and writes it to `bench/results/gpu_check/gpu_check.md` (and `.json`): the DPO",
+             "objective's bf16 forward + backward (`batch_objective`) on a 0.47B-parameter Llama built from a config",
+             "(sdpa, and flash_attention_2 where `flash_attn` imports), ZeRO-2 and ZeRO-3 engine steps on one GPU",
+             "(`build_ds_config`, torch AdamW, NCCL), the reference scorer, and the quickstart through Ray with",
+             "`train.use_gpu=true`: pairs/s, tokens/s, peak GPU memory and MFU (6 or 2 x parameters x tokens/s over",
+             "the dense bf16 peak: H100/H200 989, A100 312 TFLOPS; 'unknown' for other devices). A row whose",
+             "dependency is missing prints `skipped: <why>`; each row runs in its own process (a crash or hang is",
+             "a failed row) and all of them within 8 minutes. `bash bench/gpu_check.sh --smoke` runs it on CPU",
+             "(`tests/e2e/test_bench_smoke.py::test_gpu_check_smoke`).", "",
+             "Without network, Ray and DeepSpeed travel as wheels: `bash bench/gpu_check.sh --pack wheels` (on a",
+             "machine with network) fills `wheels/`, and the check installs each wheel not yet installed with",
+             "`pip install --no-index --no-deps --target` first. Sizes (pip download, 2026-12-01): ray 2.60.0",
+             "manylinux x86_64 75.6 MiB (cp311 and cp312), over one device call's 64 MiB, so `--pack` splits it",
+             "into 60 MiB parts that travel in two calls to a warm machine and are joined before installing;",
+             "deepspeed 0.19.8 is a 1.9 MiB sdist, 2.1 MiB as the pure-Python wheel `--pack` builds",
+             "(`DS_BUILD_OPS=0`); its small dependencies (hjson, py-cpuinfo, msgpack, ninja, einops, pydantic",
+             "and pydantic-core, annotated-types, typing-inspection) 3.4 MiB together. DeepSpeed and its",
+             "dependencies fit one call; Ray does not.", ""]
+    if measured.exists() and "smoke run" not in measured.read_text():
+        lines += ["Measured:", "", measured.read_text().strip(), ""]
+    else:
+        lines += ["**No GPU has run it yet** (none was lent to the session that wrote it): nothing here is a GPU figure.", ""]
+    if smoke.exists():
+        lines += ["The CPU smoke mode's table, a smoke run of no performance meaning (it shows the rows run):", "",
+                  smoke.read_text().strip(), ""]
+    return lines
+
+
 def main() -> None:
     lines = ["# Benchmark results", "",
              "Written by `python bench/report.py` from `bench/results/*.json`; each section names its command,",
@@ -80,6 +114,7 @@ def main() -> None:
                 lines += [str(value), ""]
             else:
                 lines += [f"- {key}: {value}", ""]
+    lines += _gpu_check()
     OUT.write_text("\n".join(lines))
     print(f"wrote {OUT}")
 
