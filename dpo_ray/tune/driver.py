@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,8 @@ def run_sweep(base: Config, settings: TuneSettings, *, resume: bool = False) -> 
     _append_jsonl(out / "precompute.jsonl", {"scored": precomputed, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
     mode = settings.resolved_mode()
+    if not resume:
+        print(f"sweep: {settings.trial_plan()}", file=sys.stderr, flush=True)
     trainable = tune.with_resources(
         tune.with_parameters(_trial, base=cfg.to_dict(), trials_dir=str(out / "trials"), metric=settings.metric,
                              prepared=prepared),

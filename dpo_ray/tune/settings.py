@@ -73,6 +73,17 @@ class TuneSettings:
     def samples(self) -> int:
         return self.num_samples or (1 if self.searcher == "grid" else 8)
 
+    def trial_plan(self) -> str:
+        """How many trials the sweep runs, and why: the line it prints before the first one."""
+        if self.searcher != "grid":
+            why = f"tune.num_samples={self.num_samples}" if self.num_samples else "tune.num_samples unset: 8"
+            return f"{self.samples()} trials, {self.searcher} search ({why})"
+        sizes = [len(next(iter(spec.values()))) for spec in self.search_space.values()]
+        points = math.prod(sizes)
+        repeats = (f"each {self.num_samples} times (tune.num_samples={self.num_samples})" if self.num_samples
+                   else "each once (tune.num_samples=N repeats the grid)")
+        return f"{points * self.samples()} trials: a grid of {' x '.join(map(str, sizes))} = {points} points, {repeats}"
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

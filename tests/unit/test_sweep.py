@@ -20,6 +20,18 @@ def test_sweep_yaml_and_overrides(tmp_path: Path) -> None:
     assert load_sweep(str(REPO / "pipelines" / "configs" / "sweep.yaml"), [])[1].searcher == "optuna"
 
 
+def test_the_readme_grid_runs_each_point_once_and_says_so() -> None:
+    shipped = str(REPO / "pipelines" / "configs" / "sweep.yaml")
+    grid = ["tune.searcher=grid", "tune.search_space.loss.beta={grid: [0.05, 0.1, 0.3]}",
+            "tune.search_space.train.learning_rate={grid: [3e-4, 1e-3]}"]
+    settings = load_sweep(shipped, grid)[1]
+    assert settings.samples() == 1
+    assert settings.trial_plan() == "6 trials: a grid of 3 x 2 = 6 points, each once (tune.num_samples=N repeats the grid)"
+    repeated = load_sweep(shipped, [*grid, "tune.num_samples=2"])[1]
+    assert repeated.trial_plan() == "12 trials: a grid of 3 x 2 = 6 points, each 2 times (tune.num_samples=2)"
+    assert load_sweep(shipped, [])[1].trial_plan() == "8 trials, optuna search (tune.num_samples unset: 8)"
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     (["tune.metric=eval/loss"], "tune.metric=eval/loss is not comparable across trials that change loss.beta"),
     (["tune.metric=eval/rewards/margins"], "its scale moves with beta"),
