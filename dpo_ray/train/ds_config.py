@@ -7,6 +7,8 @@ from typing import Any
 from dpo_ray.config import TrainConfig
 
 MIN_BUCKET = 5_000_000  # elements: a floor so small models do not reduce in thousands of tiny pieces
+LAYERS_LIVE = 2  # decoder layers' parameters ZeRO-3 keeps gathered
+DEEPSPEED_LIVE_DEFAULT = 1_000_000_000  # DeepSpeed's stage3_max_live_parameters and stage3_max_reuse_distance
 
 
 def build_ds_config(train: TrainConfig, hidden_size: int | None = None) -> dict[str, Any]:
@@ -28,6 +30,12 @@ def build_ds_config(train: TrainConfig, hidden_size: int | None = None) -> dict[
             zero["reduce_bucket_size"] = max(hidden_size * hidden_size, MIN_BUCKET)
             zero["stage3_prefetch_bucket_size"] = max(int(0.9 * hidden_size * hidden_size), MIN_BUCKET)
             zero["stage3_param_persistence_threshold"] = 10 * hidden_size
+            # Gathered parameters kept live (and kept for reuse) at most about two decoder layers' worth
+            # (a layer is ~12 hidden^2), capped at DeepSpeed's 1e9 default, which a 70B model reaches: at
+            # the default a model under 1e9 parameters stays whole on every rank after its first forward.
+            live = min(max(LAYERS_LIVE * 12 * hidden_size * hidden_size, MIN_BUCKET), DEEPSPEED_LIVE_DEFAULT)
+            zero["stage3_max_live_parameters"] = live
+            zero["stage3_max_reuse_distance"] = live
     if train.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
     if train.offload_params:

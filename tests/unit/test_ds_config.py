@@ -14,6 +14,9 @@ def test_batch_arithmetic_and_stages() -> None:
     assert "reduce_bucket_size" not in ds["zero_optimization"]  # no model size given: DeepSpeed's defaults
     sized = build_ds_config(cfg.train, hidden_size=4096)["zero_optimization"]
     assert sized["reduce_bucket_size"] == 4096**2 and sized["stage3_param_persistence_threshold"] == 40960
+    assert sized["stage3_max_live_parameters"] == sized["stage3_max_reuse_distance"] == 24 * 4096**2  # two layers
+    huge = build_ds_config(cfg.train, hidden_size=8192)["zero_optimization"]  # a 70B: DeepSpeed's default
+    assert huge["stage3_max_live_parameters"] == huge["stage3_max_reuse_distance"] == 1_000_000_000
     assert build_ds_config(cfg.train, hidden_size=64)["zero_optimization"]["reduce_bucket_size"] == 5_000_000
 
 
