@@ -64,6 +64,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     if state.step == 0:
         _log(engine, state, stopper, rank, _evaluate(engine, eval_shard, cfg, pad_id, device), step=0)
+    engine.train()  # from_pretrained returns eval mode; a resumed run has no step-0 eval to switch it (dropout, checkpointing)
     stop_reason = "epochs" if cfg.train.epochs is not None else "max_steps"
     faults = loop_config.get("faults", {})
     for step in range(state.step + 1, steps + 1):
