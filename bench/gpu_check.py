@@ -203,7 +203,7 @@ def row_zero(env: Env, stage: int) -> dict[str, Any]:
                         micro_batch_size=env.shape.pairs)
     model, loss = build_model(env, "sdpa"), LossConfig()
     params = sum(p.numel() for p in model.parameters())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)  # as train/loop.py: no JIT-built FusedAdam
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)  # as train/loop.py: no JIT-built FusedAdam
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=build_ds_config(train, env.shape.hidden))
 
     def step(i: int) -> int:

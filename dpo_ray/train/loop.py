@@ -134,9 +134,11 @@ def _build_engine(deepspeed: Any, cfg: Config, steps: int) -> tuple[Any, Any]:
     lora = cfg.model.lora
     if lora.r > 0:
         model = add_lora(model, r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.target_modules)
-    # A torch optimizer: DeepSpeed then JIT-builds no FusedAdam extension.
+    # A torch optimizer: DeepSpeed then JIT-builds no FusedAdam extension. torch's fused AdamW (CPU and
+    # CUDA) is the HF Trainer's default (optim=adamw_torch_fused, so TRL's) and steps without the
+    # foreach path's temporaries of the whole partition.
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay, fused=True)
     scheduler = get_scheduler(SCHEDULERS[cfg.train.lr_scheduler], optimizer,
                               num_warmup_steps=cfg.train.warmup_steps(steps), num_training_steps=steps)
     engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
