@@ -1,4 +1,5 @@
-"""Load tokenizer and causal LM from a hub id or a local directory (the same from_pretrained path).
+"""Load tokenizer and causal LM from a hub id or a local directory (from_pretrained; with ZeRO-3, built
+partitioned and read from the same files).
 
 Pure ring: no Ray import.
 """
@@ -93,13 +94,17 @@ def load_model_partitioned(
     files = _safetensors_files(name_or_path, revision)
     kwargs = {"revision": revision, "dtype": dtype, "disable_dropout": disable_dropout, "trust_remote_code": trust_remote_code}
     if not files:
+        _say_fallback(name_or_path, "no safetensors shards")
         return load_model_partitioned_by_transformers(name_or_path, ds_config, **kwargs)
     config = AutoConfig.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
     # prevent_arange_dtype_change (entered before zero.Init): RoPE's arange stays fp32 when zero.Init casts to bf16
     with no_init_weights(), prevent_arange_dtype_change(), deepspeed.zero.Init(config_dict_or_path=ds_config):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     model.tie_weights()  # tied embeddings: one parameter, read once under its first name
-    if not _read_partitions(model, files):
+    mismatch = _read_partitions(model, files)
+    if mismatch:
+        del model  # its partitions, before the second load builds its own
+        _say_fallback(name_or_path, mismatch)
         return load_model_partitioned_by_transformers(name_or_path, ds_config, **kwargs)
     if cached_file(name_or_path, GENERATION_CONFIG_NAME, revision=revision, _raise_exceptions_for_missing_entries=False):
         model.generation_config = GenerationConfig.from_pretrained(name_or_path, revision=revision)
@@ -149,11 +154,21 @@ def _safetensors_files(name_or_path: str, revision: str | None) -> list[str]:
     return [single] if single is not None else []
 
 
+def _say_fallback(name_or_path: str, why: str) -> None:
+    """One line (rank 0) when ZeRO-3 loading takes transformers' slower path, which holds the whole
+    checkpoint in rank 0's host memory."""
+    import deepspeed.comm as dist
+
+    if dist.get_rank() == 0:
+        print(f"[dpo_ray] model.name_or_path={name_or_path}: {why}; ZeRO-3 loads it through transformers "
+              "(rank 0 reads the whole checkpoint into host memory)", flush=True)
+
+
 @torch.no_grad()
-def _read_partitions(model: PreTrainedModel, files: list[str]) -> bool:
+def _read_partitions(model: PreTrainedModel, files: list[str]) -> str | None:
     """Copy this rank's slice of every weight from the shards into its ZeRO-3 partition; persistent
-    buffers (never partitioned) whole. False, before reading anything, when the shards do not hold
-    every parameter and buffer under the model's own names.
+    buffers (never partitioned) whole. Returns None, or, before reading anything, why it cannot: the
+    shards do not hold every parameter and buffer under the model's own names and shapes.
 
     DeepSpeed's layout (partition_parameters.py, _partition_param): a parameter of ds_numel elements,
     flattened and zero-padded to a multiple of the group size W; rank r's ``ds_tensor`` holds
@@ -167,25 +182,31 @@ def _read_partitions(model: PreTrainedModel, files: list[str]) -> bool:
     buffers = {name: b for name, b in model.named_buffers() if name in saved}  # persistent ones only
     handles = [safe_open(path, framework="pt") for path in files]
     where = {name: f for f in handles for name in f.keys()}
-    if not (params.keys() | buffers.keys()) <= where.keys():
-        return False
+    missing = sorted((params.keys() | buffers.keys()) - where.keys())
+    if missing:
+        return f"the checkpoint's tensor names differ from the model's (no {missing[0]})"
+    shapes = {**{n: tuple(p.ds_shape) for n, p in params.items()}, **{n: tuple(b.shape) for n, b in buffers.items()}}
+    for name, shape in shapes.items():
+        saved_shape = tuple(where[name].get_slice(name).get_shape())
+        if saved_shape != shape:
+            return f"{name} is {saved_shape} in the checkpoint, {shape} in the model"
     for name, param in params.items():
         part = param.ds_tensor  # (n,) this rank's flat slice
         start = dist.get_rank(group=param.ds_process_group) * part.numel()
         count = min(param.ds_numel - start, part.numel())
         if count > 0:
-            part[:count].copy_(_flat_range(where[name].get_slice(name), start, count))
+            part[:count].copy_(flat_range(where[name].get_slice(name), start, count))
     for name, buf in buffers.items():
         buf.copy_(where[name].get_tensor(name))
-    return True
+    return None
 
 
-def _flat_range(tensor_slice: Any, start: int, count: int) -> torch.Tensor:
+def flat_range(tensor_slice: Any, start: int, count: int) -> torch.Tensor:
     """Elements [start, start + count) of a safetensors tensor read as flat, reading only the rows
     (first-dimension entries) that hold them."""
     shape = tensor_slice.get_shape()
     if not shape:  # a scalar
-        return tensor_slice[:].reshape(-1)[start:start + count]
+        return tensor_slice[...].reshape(-1)[start:start + count]  # [:] cannot index a 0-dim tensor
     row = math.prod(shape[1:])  # elements per row
     first, last = start // row, (start + count - 1) // row + 1
     offset = start - first * row

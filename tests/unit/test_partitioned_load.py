@@ -138,3 +138,21 @@ def test_no_global_left_and_engines_train(reports: list[dict[str, Any]]) -> None
         assert report["plain_is_whole"] and report["direct_eval_mode"]
         assert report["logits_max_diff"] < 1e-5  # RoPE, tied embeddings and every weight as from_pretrained has them
     assert reports[0]["lora_keys_load_strictly"] and reports[0]["lora_base_unchanged"]
+
+
+def test_flat_range_reads_any_slice_of_a_saved_tensor(tmp_path: Path) -> None:
+    """The partition reader's slicing where a rank's range starts mid-row, ends at a ragged last rank
+    or covers a 1-D or scalar tensor (the 2-rank model above splits on row boundaries only)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from dpo_ray.modeling import flat_range
+
+    tensors = {"m": torch.arange(35.0).reshape(7, 5), "v": torch.arange(5.0), "s": torch.tensor(3.0)}
+    save_file(tensors, str(tmp_path / "t.safetensors"))
+    with safe_open(str(tmp_path / "t.safetensors"), framework="pt") as f:
+        for name, t in tensors.items():
+            flat = t.reshape(-1)
+            for start in range(flat.numel()):
+                for count in range(1, flat.numel() - start + 1):
+                    assert torch.equal(flat_range(f.get_slice(name), start, count), flat[start:start + count]), (name, start, count)
