@@ -22,6 +22,8 @@ import argparse
 import json
 import sys
 import tempfile
+from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,7 @@ from dpo_ray.config_load import load_config, resolve_paths
 from dpo_ray.modeling import load_tokenizer  # noqa: E402
 from dpo_ray.run import prepare_datasets  # noqa: E402
 from dpo_ray.toy import build_tiny_model, make_preference_rows  # noqa: E402
-from dpo_ray.train.order import EvalShard, ReadCounter, lane_starts, micro_batches, rank_lanes  # noqa: E402
+from dpo_ray.train.order import EvalShard, ReadCounter, micro_batches, rank_lanes  # noqa: E402
 from dpo_ray.train.trainer import worker_datasets  # noqa: E402
 
 MICRO_BATCH_SIZES = (4, 8, 16)
@@ -50,14 +52,18 @@ def data_plan(smoke: bool) -> list[str]:
     return ["varying_lengths"] if smoke else ["quickstart", "varying_lengths"]
 
 
-def epoch_pad_fraction(train_ds: ray.data.Dataset, cfg: Config, steps_per_epoch: int, pad_id: int) -> float:
+def one_epoch(sources: list[Any], lanes: range, cfg: Config, steps_per_epoch: int) -> Iterator[dict[str, Any]]:
+    """One epoch of a rank's micro-batches from its own lane datasets, as the train loop takes them."""
+    return islice(micro_batches(sources, lanes, cfg, steps_per_epoch, start_step=0), steps_per_epoch * len(lanes))
+
+
+def epoch_pad_fraction(train_ds: ray.data.Dataset, eval_ds: ray.data.Dataset, cfg: Config, steps_per_epoch: int,
+                       pad_id: int) -> float:
     """Pad share of one epoch of the train loop's micro-batches (rank 0 of 1)."""
     real = slots = 0
+    datasets, _ = worker_datasets(cfg, train_ds, eval_ds, steps_per_epoch)
     lanes = rank_lanes(cfg, rank=0, world=1)
-    sources = train_ds.split_at_indices(lane_starts(cfg, steps_per_epoch))  # the lanes (train/trainer.py worker_datasets)
-    batches = micro_batches([sources[c] for c in lanes], lanes, cfg, steps_per_epoch, start_step=0)
-    for _ in range(steps_per_epoch * cfg.train.gradient_accumulation_steps()):
-        b = next(batches)
+    for b in one_epoch([datasets[f"lane_{c}"] for c in lanes], lanes, cfg, steps_per_epoch):
         t = collate_pairs(b["prompt_ids"], b["chosen_ids"], b["rejected_ids"], pad_id=pad_id)
         real, slots = real + count_tokens(t), slots + t["attention_mask"].numel()
     return 1 - real / slots
@@ -77,9 +83,8 @@ def worker_reads(train_ds: ray.data.Dataset, eval_ds: ray.data.Dataset, base: li
         for rank in range(world):
             lanes = rank_lanes(cfg, rank, world)
             counters = [ReadCounter(datasets[f"lane_{c}"]) for c in lanes]
-            batches = micro_batches(counters, lanes, cfg, steps, start_step=0)
-            for _ in range(steps * len(lanes)):
-                next(batches)
+            for _ in one_epoch(counters, lanes, cfg, steps):
+                pass
             train.append({"rows": sum(c.rows for c in counters), "tokens": sum(c.tokens for c in counters),
                           "bytes": sum(c.bytes for c in counters)})
             own = ReadCounter(datasets[f"eval_{rank}"])
@@ -122,7 +127,7 @@ def main() -> None:
                 cfg = load_config(None, [*base, "train.batch_size=32", f"train.micro_batch_size={micro}",
                                          f"train.group_by_length={str(grouped).lower()}"])
                 steps = prepared.stats.epoch_train_pairs // cfg.train.batch_size
-                row["grouped" if grouped else "ungrouped"] = round(epoch_pad_fraction(prepared.train, cfg, steps, pad_id), 4)
+                row["grouped" if grouped else "ungrouped"] = round(epoch_pad_fraction(prepared.train, prepared.eval, cfg, steps, pad_id), 4)
             runs.append(row)
             print(row, flush=True)
         if name == "varying_lengths":
