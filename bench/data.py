@@ -73,7 +73,8 @@ class PeakRss(threading.Thread):
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """One measurement (in a fresh process): read + tokenize (data/stage.py tokenized_rows), then validate
     and count (validate_rows): the two steps of prepare_pairs before it filters the
-    kept rows. Peak RSS is the driver's own, object store and Ray workers excluded."""
+    kept rows. With a data.cache_dir, tokenized_rows also counts the rows (check_rows), which it
+    commits with them, so validate_s is the report alone there. Peak RSS is the driver's own, object store and Ray workers excluded."""
     import ray
     import ray.data
 
@@ -98,9 +99,9 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     ]))
     baseline = sampler.process.memory_info().rss
     start = time.perf_counter()
-    rows, cache_hit = tokenized_rows(cfg)
+    rows, cache_hit, checked = tokenized_rows(cfg)
     tokenized = time.perf_counter()
-    counts, _, kept = validate_rows(rows, cfg, Path(cfg.output_dir))
+    counts, _, kept = validate_rows(rows, cfg, Path(cfg.output_dir), checked)
     validated = time.perf_counter()
     sampler.done.set()
     sampler.join()

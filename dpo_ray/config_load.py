@@ -165,3 +165,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
         return value
     raise ConfigError(f"{key}={value!r}: expected {tp.__name__}, got {type(value).__name__}")
+
+
+def dtype_name(name: str, *, on_gpu: bool, bf16: bool = True) -> str:
+    """A model.dtype / reference.dtype value resolved: 'auto' -> bfloat16 on GPU (when bf16 is on),
+    float32 on CPU; else the named dtype (torch's name, without importing torch)."""
+    if name == "auto":
+        return "bfloat16" if on_gpu and bf16 else "float32"
+    return name

@@ -14,14 +14,14 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
 from transformers.utils import GENERATION_CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file
 
+from dpo_ray.config_load import dtype_name
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def resolve_dtype(name: str, *, on_gpu: bool, bf16: bool = True) -> torch.dtype:
     """'auto' -> bfloat16 on GPU (when bf16 is on), float32 on CPU; else the named dtype."""
-    if name == "auto":
-        return torch.bfloat16 if on_gpu and bf16 else torch.float32
-    return DTYPES[name]
+    return DTYPES[dtype_name(name, on_gpu=on_gpu, bf16=bf16)]
 
 
 def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False) -> Any:

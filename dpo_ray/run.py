@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,7 +27,7 @@ from dpo_ray.paths import atomic_write
 from dpo_ray.preflight import preflight
 from dpo_ray.reference.stage import reference_stage
 from dpo_ray.screen import follow
-from dpo_ray.stats import DataStats, RefStats, StageStats
+from dpo_ray.stats import DataStats, RefStats, StageStats, process_start_time
 from dpo_ray.tracking import LiveTracking, ProgressReports, finish_mlflow, progress_channel, start_mlflow
 from dpo_ray.train.checkpoint import find_checkpoint
 from dpo_ray.train.resources import resolve_auto
@@ -60,14 +60,18 @@ def _run(cfg: Config, out: Path, resume_path: str | None, run_name: str | None,
          callbacks: Callable[[StageStats], list[Any]] | None, prepared: Prepared | None) -> dict[str, Any]:
     started_at = time.time()
     log_dir = start_ray()
+    ray_ready = time.time()
     cfg, auto_notes = resolve_auto(cfg, [node["Resources"] for node in ray.nodes() if node["Alive"]])
     started = time.perf_counter()
     timing = {"perf/started_time": started_at, "perf/ray_start_seconds": time.time() - started_at,
               **({"auto": "; ".join(auto_notes)} if auto_notes else {})}
     timing["ray/log_dir"] = log_dir  # the summary names it: Ray's own logs stay there
+    timing.update({"startup/process_start": process_start_time(), "startup/run_called": started_at,
+                   "startup/ray_ready": ray_ready})
     if prepared is None:
         prepared = prepare_datasets(cfg, out)
         timing["perf/prepare_seconds"] = time.perf_counter() - started  # data and reference stages
+        timing.update(prepared.marks)
     else:  # this run scored and tokenized nothing: it reads what the shared stage prepared
         prepared = Prepared(prepared.train, prepared.eval, prepared.stats.reused())
     train_pairs = prepared.stats.epoch_train_pairs
@@ -84,6 +88,7 @@ def _run(cfg: Config, out: Path, resume_path: str | None, run_name: str | None,
                             callbacks=[live, progress, *(callbacks(prepared.stats) if callbacks else [])])
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "config.yaml", cfg.to_yaml())  # now, so that an interrupted run can resume from it
+    timing["startup/fit_called"] = time.time()
     try:
         with follow(progress.channel, sys.stderr, live=sys.stderr.isatty()):  # the driver prints the progress
             result = fit(trainer, cfg, out, loop_extra["total_steps"])
@@ -104,18 +109,22 @@ class Prepared:
     train: ray.data.Dataset
     eval: ray.data.Dataset
     stats: StageStats
+    marks: dict[str, float] = field(default_factory=dict)  # startup/<stage>_done: Unix time (the timeline)
 
 
 def prepare_datasets(cfg: Config, out: Path | None = None) -> Prepared:
     """Data stage, reference stage (cached), train/eval split, the seeded train order. ``cfg`` is
     resolved; data_report.json goes to ``out`` (default: output_dir, a local path)."""
     kept, data, data_id = prepare_pairs(cfg, out or Path(cfg.output_dir))
+    marks = {"startup/data_done": time.time()}
     if cfg.loss.reference_free():
         scored, ref = kept, RefStats(skipped=True, cache_hit=False, seconds=0.0)
     else:
         scored, ref = reference_stage(cfg, kept, data_id)
+    marks["startup/reference_done"] = time.time()
     train_ds, eval_ds, epoch_pairs = split_and_order(cfg, scored, data)
-    return Prepared(train_ds, eval_ds, StageStats(data, ref, epoch_pairs))
+    marks["startup/split_done"] = time.time()
+    return Prepared(train_ds, eval_ds, StageStats(data, ref, epoch_pairs), marks)
 
 
 def precompute_reference(config: Config) -> tuple[DataStats, RefStats]:

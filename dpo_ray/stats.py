@@ -59,3 +59,11 @@ class StageStats:
         scored nothing, and read the reference log-probs unless the loss needs none."""
         return StageStats(dataclasses.replace(self.data, tokenize_cache_hit=True),
                           dataclasses.replace(self.ref, cache_hit=not self.ref.skipped, seconds=0.0), self.epoch_train_pairs)
+
+
+def process_start_time() -> float:
+    """Unix time at which this process started (the launch, for the startup timeline)."""
+    import psutil  # Ray's dependency; deferred: the pure ring imports nothing heavy
+
+    return psutil.Process().create_time()
+

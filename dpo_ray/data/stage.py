@@ -42,8 +42,8 @@ FLAG_COLUMNS = ["row_id", "row_hash", "source", "error", "drop_reason", "drop_de
 
 def prepare_pairs(cfg: Config, out: Path) -> tuple[ray.data.Dataset, DataStats, DataId]:
     """Read, normalise, tokenize and validate: the usable pairs (materialized), counts, their DataId."""
-    tokenized, cache_hit = tokenized_rows(cfg)
-    counts, duplicates, data_id = validate_rows(tokenized, cfg, out)
+    tokenized, cache_hit, checked = tokenized_rows(cfg)
+    counts, duplicates, data_id = validate_rows(tokenized, cfg, out, checked)
     keep = col("drop_reason") == ""
     if duplicates:  # is_in([]) has no element type for Arrow to compare strings with
         keep = keep & ~col("source").is_in(sorted(duplicates))
@@ -76,21 +76,25 @@ def tokenized_key(cfg: Config) -> tuple[str, dict[str, Any]] | None:
     return cache_key(parts), parts
 
 
-def tokenized_rows(cfg: Config) -> tuple[ray.data.Dataset, bool]:
+def tokenized_rows(cfg: Config) -> tuple[ray.data.Dataset, bool, dict[str, Any] | None]:
     """Every row read and tokenized (drops and errors included), materialized; read from the
-    tokenized cache when its key matches (True = hit), else computed and committed for later runs."""
+    tokenized cache when its key matches (True = hit), else computed and committed for later runs.
+    Third: the rows' check (check_rows) when the entry holds one for this data.dedup, else None."""
     keyed = tokenized_key(cfg) if cfg.data.cache_dir else None
     store = CacheStore(cfg.data.cache_dir) if keyed else None
     hit = read_cached(store, keyed[0]) if store and keyed else None
     if hit is not None:
         print(f"data: tokenized cache hit ({keyed[0]}): tokenization skipped", flush=True)
-        return hit[0], True
+        checked = hit[1].get("checked")  # entries before issue 19 hold none
+        return hit[0], True, checked if checked is not None and checked["dedup"] == cfg.data.dedup else None
     # Read to the end before the tokenizer actors start: an actor pool holding every CPU would
     # otherwise leave no CPU for the read tasks that feed it (a hang at data.tokenize_actors >= CPUs).
     rows = tokenize(cfg, read_rows(cfg).materialize()).materialize()
+    checked = None
     if store and keyed:
-        commit_cached(store, keyed[0], rows, {"parts": keyed[1]})
-    return rows, False
+        checked = check_rows(rows, cfg.data.dedup)  # committed with the rows: a hit skips both passes over them
+        commit_cached(store, keyed[0], rows, {"parts": keyed[1], "checked": checked})
+    return rows, False, checked
 
 
 def read_cached(store: CacheStore, key: str, rows: int | None = None) -> tuple[ray.data.Dataset, dict[str, Any]] | None:
@@ -167,17 +171,28 @@ def tokenize(cfg: Config, rows: ray.data.Dataset) -> ray.data.Dataset:
     )
 
 
-def validate_rows(tokenized: ray.data.Dataset, cfg: Config, out: Path) -> tuple[dict[str, int], frozenset[str], DataId]:
-    """Count rows by fate, write data_report.json, stop on errors or too many drops.
-
-    Returns the counts for metrics.json, the sources of exact duplicates to filter out, and the kept
-    pairs' DataId (the reference cache's data key). Counting runs in Ray tasks, one small summary per
-    block; the driver holds 8 bytes per valid row for duplicate detection, and the rows that share one.
-    """
+def check_rows(tokenized: ray.data.Dataset, dedup: bool) -> dict[str, Any]:
+    """The tokenized rows counted by fate ({"dedup", "duplicates", "summary"}: JSON, the tokenized
+    cache entry keeps it). Counting runs in Ray tasks, one small summary per block; the driver holds
+    8 bytes per valid row for duplicate detection, and the rows that share one."""
     flags = tokenized.select_columns(FLAG_COLUMNS)
-    duplicates = duplicate_sources(flags) if cfg.data.dedup else frozenset()
+    duplicates = duplicate_sources(flags) if dedup else frozenset()
     summaries = flags.map_batches(summarize, fn_kwargs={"duplicates": duplicates}, batch_format="pandas", batch_size=None)
     summary = merge_summaries(json.loads(row["summary"]) for row in summaries.take_all())
+    # through JSON here too, so a run that checked and one that read the check see the same values
+    return json.loads(json.dumps({"dedup": dedup, "duplicates": sorted(duplicates), "summary": summary}))
+
+
+def validate_rows(tokenized: ray.data.Dataset, cfg: Config, out: Path,
+                  checked: dict[str, Any] | None = None) -> tuple[dict[str, int], frozenset[str], DataId]:
+    """Count rows by fate (``checked``: check_rows' result, kept with the cache entry), write
+    data_report.json, stop on errors or too many drops.
+
+    Returns the counts for metrics.json, the sources of exact duplicates to filter out, and the kept
+    pairs' DataId (the reference cache's data key).
+    """
+    checked = checked or check_rows(tokenized, cfg.data.dedup)
+    duplicates, summary = frozenset(checked["duplicates"]), checked["summary"]
     if summary["error_rows"]:
         more = f" (and {summary['error_rows'] - 1} more files with errors)" if summary["error_rows"] > 1 else ""
         raise DataError(summary["errors"][0][1] + more)

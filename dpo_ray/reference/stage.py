@@ -12,12 +12,11 @@ import ray.data
 
 from dpo_ray import faults
 from dpo_ray.config import Config
+from dpo_ray.config_load import dtype_name
 from dpo_ray.data.rows import column_sums
 from dpo_ray.data.stage import commit_cached, read_cached
 from dpo_ray.data.tokenize import TOKENIZE_VERSION
-from dpo_ray.modeling import resolve_dtype
 from dpo_ray.reference.placement import pool_plan
-from dpo_ray.reference.scorer import ReferenceScorer
 from dpo_ray.stats import RefStats
 from dpo_ray.store import CacheStore, DataId, cache_key, model_identity, versions
 
@@ -29,7 +28,7 @@ def reference_key(cfg: Config, data_id: DataId) -> tuple[str, dict[str, Any]]:
         "model": model_identity(cfg.model.name_or_path, cfg.model.revision),
         "data": data_id.key(),
         "rows": data_id.rows,
-        "dtype": str(resolve_dtype(ref.dtype, on_gpu=ref.num_gpus_per_actor > 0)).removeprefix("torch."),
+        "dtype": dtype_name(ref.dtype, on_gpu=ref.num_gpus_per_actor > 0),
         "lengths": {"max_length": d.max_length, "max_prompt_length": d.max_prompt_length, "truncation_mode": d.truncation_mode},
         "tokenize": {"version": TOKENIZE_VERSION, "jointly": d.tokenize_jointly},
     }
@@ -66,6 +65,8 @@ def score_reference(cfg: Config, pairs: ray.data.Dataset) -> ray.data.Dataset:
     and scored reference.rows_per_forward at a time. No global sort: it was a barrier before the
     first forward (a shuffle of every token id) and cost more than the padding it saved.
     """
+    from dpo_ray.reference.scorer import ReferenceScorer  # torch and transformers: a cache hit does not load them
+
     ref = cfg.reference
     plan = pool_plan(ref, [n["Resources"].get("GPU", 0.0) for n in ray.nodes() if n["Alive"]])
     if plan.warning:

@@ -28,6 +28,7 @@ from transformers import get_scheduler
 from dpo_ray.config import Config
 from dpo_ray.config_load import from_dict
 from dpo_ray.faults import fires_once
+from dpo_ray.stats import process_start_time
 from dpo_ray.modeling import add_lora, load_model, load_model_partitioned, load_tokenizer, model_hidden_size, resolve_dtype
 from dpo_ray.train.checkpoint import RunState, restore, save_checkpoint
 from dpo_ray.train.ds_config import build_ds_config
@@ -43,18 +44,21 @@ SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Join the worker group, build the engine, restore a checkpoint, evaluate at step 0, then per
     step: train, count, log, evaluate, checkpoint, stop; finally export the model and figures."""
+    marks = {"startup/worker_process_start": process_start_time(), "startup/worker_loop_entered": time.time()}
     cfg = from_dict(loop_config["config"])
     steps, steps_per_epoch = int(loop_config["total_steps"]), int(loop_config["steps_per_epoch"])
     deepspeed = _import_deepspeed(cfg.train.use_gpu)
+    marks["startup/worker_deepspeed_imported"] = time.time()
     rank, world, device = _join_worker_group(cfg)
     loop_start = time.perf_counter()
     worker_nodes: list[Any] = [None] * world  # Ray node id of each rank, in rank order: placement shows in metrics.json
     dist.all_gather_object(worker_nodes, ray.get_runtime_context().get_node_id())
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.revision, cfg.model.trust_remote_code)
     pad_id = tokenizer.pad_token_id
-    engine, scheduler = _build_engine(deepspeed, cfg, steps)
+    engine, scheduler = _build_engine(deepspeed, cfg, steps, marks)
 
     state = restore(engine, rank, loop_config.get("resume_path"))
+    marks["startup/worker_engine_ready"] = time.time()  # restored too
     stopper = Stopper(cfg.train, **state.stopper)
     lanes = rank_lanes(cfg, rank, world)  # this rank's own datasets only: 1/W of the pairs (train/order.py)
     reads = [ReadCounter(ray.train.get_dataset_shard(f"lane_{c}")) for c in lanes]
@@ -64,6 +68,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     if state.step == 0:
         _log(engine, state, stopper, rank, _evaluate(engine, eval_shard, cfg, pad_id, device), step=0)
+    marks["startup/worker_step0_eval_done"] = time.time()
     engine.train()  # from_pretrained returns eval mode; a resumed run has no step-0 eval to switch it (dropout, checkpointing)
     stop_reason = "epochs" if cfg.train.epochs is not None else "max_steps"
     faults = loop_config.get("faults", {})
@@ -103,7 +108,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             stop_reason = stop
             break
 
-    perf = {**_perf_figures(state, device, world, worker_nodes), **_read_figures(reads, world)}
+    perf = {**_perf_figures(state, device, world, worker_nodes), **_read_figures(reads, world), **marks}
     _export(engine, tokenizer, cfg, rank, state.history, {**perf, "stop_reason": stop_reason})
 
 
@@ -119,10 +124,10 @@ def _join_worker_group(cfg: Config) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
-def _build_engine(deepspeed: Any, cfg: Config, steps: int) -> tuple[Any, Any]:
+def _build_engine(deepspeed: Any, cfg: Config, steps: int, marks: dict[str, float]) -> tuple[Any, Any]:
     """The policy (with LoRA when model.lora.r > 0), AdamW and the LR schedule inside a DeepSpeed
     engine; returns the engine and the scheduler. With ZeRO-3 the model is built partitioned (no rank
-    ever holds all its weights; gathered only at export)."""
+    ever holds all its weights; gathered only at export). Adds startup/worker_model_loaded to ``marks``."""
     dtype = resolve_dtype(cfg.model.dtype, on_gpu=cfg.train.use_gpu, bf16=cfg.train.bf16)
     m = cfg.model
     ds_config = build_ds_config(cfg.train, model_hidden_size(m.name_or_path, m.revision, m.trust_remote_code))
@@ -134,6 +139,7 @@ def _build_engine(deepspeed: Any, cfg: Config, steps: int) -> tuple[Any, Any]:
     lora = cfg.model.lora
     if lora.r > 0:
         model = add_lora(model, r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.target_modules)
+    marks["startup/worker_model_loaded"] = time.time()
     # A torch optimizer: DeepSpeed then JIT-builds no FusedAdam extension. torch's fused AdamW (CPU and
     # CUDA) is the HF Trainer's default (optim=adamw_torch_fused, so TRL's) and steps without the
     # foreach path's temporaries of the whole partition.

@@ -20,7 +20,6 @@ from dpo_ray.paths import is_remote, join
 from dpo_ray.stats import DataStats
 from dpo_ray.tracking import read_progress
 from dpo_ray.train.checkpoint import checkpoint_step, latest_checkpoint
-from dpo_ray.train.loop import train_loop_per_worker
 from dpo_ray.train.objective import REF_COLUMNS
 from dpo_ray.train.order import add_order_key, eval_rounds, eval_starts, lane_starts, mixture_copies, mixture_rates
 from dpo_ray.train.stopping import RunInterrupted, interrupted_message
@@ -87,7 +86,7 @@ def build_trainer(cfg: Config, train_ds: ray.data.Dataset, eval_ds: ray.data.Dat
     os.environ.setdefault(POLL_ENV, POLL_SECONDS)
     datasets, rounds = worker_datasets(cfg, train_ds, eval_ds, int(loop_extra["steps_per_epoch"]))
     return TorchTrainer(
-        train_loop_per_worker,
+        _train_loop,
         train_loop_config={"config": cfg.to_dict(), **loop_extra, "eval_rounds": rounds},
         scaling_config=ScalingConfig(
             num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker},
@@ -103,6 +102,14 @@ def build_trainer(cfg: Config, train_ds: ray.data.Dataset, eval_ds: ray.data.Dat
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=[]),  # each worker reads only its own (loop.py)
     )
+
+
+def _train_loop(loop_config: dict[str, Any]) -> None:
+    """Each worker's entry: the loop's module (transformers, PEFT, DeepSpeed) is imported there, so the
+    driver and Ray Train's controller, which unpickle this function, do not pay for it (issue 19)."""
+    from dpo_ray.train.loop import train_loop_per_worker
+
+    train_loop_per_worker(loop_config)
 
 
 def fit(trainer: TorchTrainer, cfg: Config, out: Path, total: int) -> Any:

@@ -60,6 +60,8 @@ def test_pipeline_end_to_end(zero_stage: int, tiny_model_dir: str, pairs_jsonl: 
     assert 0 < metrics["perf/steady_pairs_per_second"] < metrics["perf/steady_tokens_per_second"]
     assert 0 < metrics["perf/first_step_time"] <= time.time()
     assert metrics["perf/job_seconds_to_first_step"] > metrics["perf/ray_start_seconds"] + metrics["perf/prepare_seconds"] > 0
+    marks = [metrics[f"startup/{m}"] for m in STARTUP_MARKS] + [metrics["perf/first_step_time"]]  # bench/startup.py's timeline
+    assert marks == sorted(marks) and metrics["startup/process_start"] <= metrics["startup/run_called"]
     assert (out / "curves.png").stat().st_size > 10_000 and any((out / "tensorboard").iterdir())
 
     # Step-0 invariant through the real stages: cached reference log-probs equal the trainer's own
@@ -71,6 +73,9 @@ def test_pipeline_end_to_end(zero_stage: int, tiny_model_dir: str, pairs_jsonl: 
     assert history[1]["step"] == 1 and abs(history[1]["train/loss"] - math.log(2)) < 1e-4
     assert [h["step"] for h in history if "eval/loss" in h] == [0, 2, 4]
 
+
+STARTUP_MARKS = ("run_called", "ray_ready", "data_done", "reference_done", "split_done", "fit_called", "worker_loop_entered",
+                 "worker_deepspeed_imported", "worker_model_loaded", "worker_engine_ready", "worker_step0_eval_done")
 
 BAD_FILES = {
     "missing_column.jsonl": ('{"prompt": "p", "chosen": "c", "rejected": "r"}\n{"prompt": "p", "chosen": "c"}\n', "missing_column.jsonl:2: missing 'rejected'"),

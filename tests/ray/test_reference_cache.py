@@ -161,11 +161,25 @@ def test_tokenized_cache_hit_and_every_input_changes_the_key(tiny_model_dir, pai
     def no_tokenizing(*args, **kwargs):
         raise AssertionError("a warm tokenized cache must not tokenize")
 
+    def no_checking(*args, **kwargs):
+        raise AssertionError("the entry keeps its rows' check (issue 19): a hit must not count them again")
+
+    report = (tmp_path / "run" / "data_report.json").read_text()
+    (tmp_path / "run" / "data_report.json").unlink()
     with monkeypatch.context() as m:
         m.setattr(dpo_ray.data.stage, "tokenize", no_tokenizing)
+        m.setattr(dpo_ray.data.stage, "check_rows", no_checking)
         _, again, data_id_again = prepare_pairs(cfg, tmp_path / "run")
     assert again.tokenize_cache_hit and data_id_again == data_id
     assert again.counts == counts.counts
+    assert (tmp_path / "run" / "data_report.json").read_text() == report  # written again, from the kept check
+    checks, check_rows = [], dpo_ray.data.stage.check_rows
+    with monkeypatch.context() as m:  # data.dedup is not in the key: the other setting counts the rows again
+        m.setattr(dpo_ray.data.stage, "check_rows", lambda rows, dedup: checks.append(dedup) or check_rows(rows, dedup))
+        m.setattr(dpo_ray.data.stage, "tokenize", no_tokenizing)
+        prepare_pairs(load_config(None, small_overrides(tiny_model_dir, str(data), str(tmp_path / "run"),
+                                                        **{"data.dedup": "false"})), tmp_path / "run")
+    assert checks == [False]
 
     key = tokenized_key(cfg)[0]
     for override in ("data.max_length=40", "data.truncation_mode=keep_start", "data.eval_fraction=0.2", "data.format=standard"):
