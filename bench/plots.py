@@ -105,9 +105,29 @@ def mfu(data: dict[str, Any], ax: Any) -> None:
                  f"{data['precision']}")
 
 
+def startup(data: dict[str, Any], ax: Any) -> None:
+    """Each run's time to its first step as stacked phases (dpo_ray's startup/* marks); TRL's as one bar."""
+    rows = data["timeline"]
+    phases = [k for k in rows[0] if k not in ("label", "arm", "seconds_to_first_step")]
+    labels = [f"{r['label']}: {r['arm'].replace('precompute_ref_log_probs=True', 'precompute')}" for r in rows]
+    colors = plt.get_cmap("tab20").colors
+    left = [0.0] * len(rows)
+    for i, phase in enumerate(phases):
+        widths = [r.get(phase, 0.0) for r in rows]
+        ax.barh(range(len(rows)), widths, left=left, color=colors[i % len(colors)], label=phase)
+        left = [a + b for a, b in zip(left, widths)]
+    trl = [r["seconds_to_first_step"] if r["arm"].startswith("TRL") else 0.0 for r in rows]
+    ax.barh(range(len(rows)), trl, color="0.6", label="TRL (one process)")
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds from launch to the end of step 1")
+    ax.legend(fontsize=6, ncol=2, loc="lower right")
+    ax.set_title("Time to first step, by phase (CPU, 2 cores)")
+
+
 CHARTS: dict[str, Callable[[dict[str, Any], Any], None]] = {
     "reference": reference, "padding": padding, "memory": memory, "data": data_stage, "sweep": sweep,
-    "throughput": throughput, "parity": parity, "mfu": mfu,
+    "throughput": throughput, "parity": parity, "mfu": mfu, "startup": startup,
 }
 
 

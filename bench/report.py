@@ -48,11 +48,14 @@ def _targets() -> list[str]:
     if p := _load("parity"):
         rows.append(("held-out metrics agree with TRL within noise (sigmoid, ipo, 3 seeds)",
                      f"{sum(r['agree'] for r in p['comparison'])} of {len(p['comparison'])} agree", p["all_agree"]))
+    if (s := _load("startup")) and (after := s["labels"].get("after", {})).get("warm_vs_trl"):
+        rows += [("issue 19: warm time to first step <= 1.5x TRL default's", f"{after['warm_vs_trl']:.2f}x", after["warm_vs_trl"] <= 1.5),
+                 ("issue 19: cold time to first step <= 3x TRL default's", f"{after['cold_vs_trl']:.2f}x", after["cold_vs_trl"] <= 3.0)]
     if r := _load("run_all"):
         rows.append(("`python bench/run_all.py` under 30 minutes", f"{r['total_minutes']} min", r["total_minutes"] < 30))
     if not rows:
         return []
-    return ["## Targets (issues 9 and 16)", "", "| target | measured | met |", "|---|---|---|",
+    return ["## Targets (issues 9, 16 and 19)", "", "| target | measured | met |", "|---|---|---|",
             *[f"| {name} | {value} | {'yes' if met else '**no**'} |" for name, value, met in rows], ""]
 
 
@@ -103,7 +106,7 @@ def main() -> None:
         if "command" in data:
             lines += [f"Command: `{data['command']}`", ""]
         for key, value in data.items():
-            if key in ("machine", "command"):
+            if key in ("machine", "command", "labels"):  # labels: the raw runs behind startup's tables
                 continue
             if isinstance(value, list) and value and isinstance(value[0], dict):
                 lines += [f"**{key}**", "", *_table(value), ""]

@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
              for label, entry in labels.items() for r in entry["runs"]]
     ratios = [{"label": label, **{k: v for k, v in entry.items() if k in ("warm_vs_trl", "cold_vs_trl", "targets_met")},
                "measured": entry["machine"]["date"]} for label, entry in labels.items()]
-    written = write_result("startup", {"notes": notes, "timeline": table, "ratios": ratios, "labels": labels}, args.results_dir)
+    written = write_result("startup", {"command": labels[args.label]["command"], "notes": notes, "timeline": table, "ratios": ratios, "labels": labels}, args.results_dir)
     print({k: v for k, v in result.items() if k != "runs"}, f"wrote {written}")
 
 

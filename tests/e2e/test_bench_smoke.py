@@ -154,12 +154,24 @@ def test_mfu_bench_smoke(tmp_path: Path) -> None:
     assert result["achieved_gflops"] > 0 and 0 < result["mfu"] < 1.5 and result["sequence_length"] == 512
 
 
+@pytest.mark.slow
+def test_startup_bench_smoke(tmp_path: Path) -> None:
+    result = _smoke("startup.py", tmp_path, timeout=600)
+    rows = {r["arm"]: r for r in result["timeline"]}
+    assert set(rows) == {"dpo_ray cold", "dpo_ray warm"}  # TRL's start means nothing in one process: full runs only
+    phases = [name for name, _ in _bench("startup").PHASES]
+    for arm, r in rows.items():  # the phases run from the launch to the end of step 1, in order
+        assert all(r[p] >= 0 for p in phases), arm
+        assert abs(sum(r[p] for p in phases) - r["seconds_to_first_step"]) < 0.1, arm
+    assert rows["dpo_ray warm"]["reference"] < rows["dpo_ray cold"]["reference"]  # the warm run read the cache
+
+
 def test_plots_draw_every_committed_result(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "plots.py"), "--out", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert {p.name for p in tmp_path.glob("*.png")} == {f"{name}.png" for name in (
-        "reference", "padding", "memory", "data", "sweep", "throughput", "parity", "mfu")}
+        "reference", "padding", "memory", "data", "sweep", "throughput", "parity", "mfu", "startup")}
     assert all(p.stat().st_size > 10_000 for p in tmp_path.glob("*.png"))
 
 
