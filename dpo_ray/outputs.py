@@ -77,8 +77,10 @@ def _open(uri: str) -> tuple[pafs.FileSystem, str]:
 
 
 def write_outputs(cfg: Config, out: Path, result: Any, run_stats: dict[str, Any]) -> dict[str, Any]:
-    """model/ (moved in last, atomically), metrics.json, metrics_history.jsonl (config.yaml is written before training)."""
+    """model/ (moved in last, atomically, with its model card README.md), metrics.json,
+    metrics_history.jsonl (config.yaml is written before training)."""
     # matplotlib loads here, where curves are drawn: the entry scripts' preflight imports this module.
+    from dpo_ray.model_card import model_card
     from dpo_ray.plots import plot_curves, write_tensorboard
 
     out.mkdir(parents=True, exist_ok=True)
@@ -98,6 +100,7 @@ def write_outputs(cfg: Config, out: Path, result: Any, run_stats: dict[str, Any]
     summary: dict[str, Any] = {**run_stats, **initial, **final, "model_dir": join(cfg.output_dir, "model")}
     if "perf/first_step_time" in final:  # step 1 ran in this job (not before a resume)
         summary["perf/job_seconds_to_first_step"] = final["perf/first_step_time"] - run_stats["perf/started_time"]
+    atomic_write(staged / "README.md", model_card(cfg, summary))  # PEFT's adapter card, if any, replaced
     plot_curves(history, out / "curves.png")
     shutil.rmtree(out / "tensorboard", ignore_errors=True)  # the live events; rewritten whole, each step once
     if "tensorboard" in cfg.train.report_to:

@@ -47,6 +47,9 @@ def test_pipeline_end_to_end(zero_stage: int, tiny_model_dir: str, pairs_jsonl: 
     assert all(trained[k].shape == start[k].shape for k in start)  # ZeRO-3 shards were gathered
     assert any(not torch.equal(trained[k], start[k]) for k in start)  # and it did train
     assert (out / "model" / "model.safetensors").exists() and (out / "model" / "tokenizer.json").exists()
+    card = (out / "model" / "README.md").read_text()  # the model card (dpo_ray/model_card.py, issue 21)
+    assert card.startswith("---\nlibrary_name: transformers\ntags:\n- dpo\n") and f"{summary['train/steps']:.0f} steps" in card
+    assert f"| all | {summary['eval/loss']:.4g} |" in card and str(tmp_path) not in card
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics == json.loads(json.dumps(summary))
@@ -328,6 +331,8 @@ def test_lora_run_exports_a_model_that_generates(export: str, zero_stage: int, t
 
         assert (out / "model" / "adapter_config.json").exists()
         model = PeftModel.from_pretrained(base, out / "model")
+    card = (out / "model" / "README.md").read_text()  # ours, in place of PEFT's template card for an adapter
+    assert f"library_name: {'peft' if export == 'adapter' else 'transformers'}\n" in card and "LoRA r 4, alpha 16, on q_proj, v_proj" in card
     ids = torch.tensor([[1, 20, 21, 22]])
     generated = model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0)
     assert generated.shape == (1, 9)
