@@ -252,7 +252,7 @@ class LossConfig:
         return list(self.weights) if self.weights is not None else [1.0] * len(self.type)
 
 
-REPORT_TO = ("tensorboard", "mlflow")
+REPORT_TO = ("tensorboard", "mlflow", "wandb")
 
 
 @dataclass(frozen=True)
@@ -328,7 +328,7 @@ class TrainConfig:
     """LM head this many positions at a time (recomputed in backward): no full (2B, T, vocab) logits."""
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
     """Live metric sinks, as TRL's report_to: tensorboard (<output_dir>/tensorboard, written at each
-    report) and mlflow (MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME); [] for none."""
+    report), mlflow (MLFLOW_TRACKING_URI, ...) and wandb (WANDB_PROJECT, ...); [] for none."""
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.report_to) - set(REPORT_TO))

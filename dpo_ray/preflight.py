@@ -58,6 +58,15 @@ def preflight(cfg: Config, *, writes_model: bool = True) -> None:
             expand_paths(path, where=where)
     check_model(cfg.model.name_or_path, cfg.model.revision, cfg.model.trust_remote_code)
     check_spread_support(cfg.reference.num_gpus_per_actor, reference_free=cfg.loss.reference_free())
+    check_trackers(cfg.train.report_to)
+
+
+def check_trackers(report_to: list[str]) -> None:
+    """Each optional sink in train.report_to has its package (the extra of the same name)."""
+    for sink in ("mlflow", "wandb"):
+        if sink in report_to and importlib.util.find_spec(sink) is None:
+            raise ConfigError(f"train.report_to has {sink}, but the {sink} package is not installed: "
+                              f"pip install -e \".[{sink}]\" (or drop {sink} from train.report_to)")
 
 
 def check_spread_support(num_gpus_per_actor: float, *, reference_free: bool) -> None:

@@ -28,7 +28,8 @@ from dpo_ray.preflight import preflight
 from dpo_ray.reference.stage import reference_stage
 from dpo_ray.screen import follow
 from dpo_ray.stats import DataStats, RefStats, StageStats, process_start_time
-from dpo_ray.tracking import LiveTracking, ProgressReports, finish_mlflow, progress_channel, start_mlflow
+from dpo_ray.tracking import (LiveTracking, ProgressReports, finish_mlflow, finish_wandb, progress_channel, start_mlflow,
+                              start_wandb, wandb_logger)
 from dpo_ray.train.checkpoint import find_checkpoint
 from dpo_ray.train.resources import resolve_auto
 from dpo_ray.train.stopping import total_steps
@@ -41,23 +42,26 @@ def run(
     run_name: str | None = None,
     callbacks: Callable[[StageStats], list[Any]] | None = None,
     prepared: Prepared | None = None,
+    tracking_group: str | None = None,
 ) -> dict[str, Any]:
     """Run the whole job; returns the summary that is also written to metrics.json.
 
     A sweep trial passes a stable Train ``run_name``,
     ``callbacks(stage_stats)`` -> Ray Train callbacks (its report to Tune), and, when the trials
-    share one data and reference stage, the ``prepared`` datasets.
+    share one data and reference stage, the ``prepared`` datasets; ``tracking_group``: the sweep's
+    W&B group.
     """
     cfg = resolve_paths(config)
     if prepared is None:  # a sweep trial on shared datasets: its driver checked them
         preflight(cfg)  # before Ray starts: one line for a missing model, data file, ...
     resume_path = find_checkpoint(cfg.train.resume_from) if cfg.train.resume_from else None
     with local_output(cfg.output_dir, cfg.overwrite_output_dir) as out:  # a staging folder for a URI
-        return _run(cfg, out, resume_path, run_name, callbacks, prepared)
+        return _run(cfg, out, resume_path, run_name, callbacks, prepared, tracking_group)
 
 
 def _run(cfg: Config, out: Path, resume_path: str | None, run_name: str | None,
-         callbacks: Callable[[StageStats], list[Any]] | None, prepared: Prepared | None) -> dict[str, Any]:
+         callbacks: Callable[[StageStats], list[Any]] | None, prepared: Prepared | None,
+         tracking_group: str | None) -> dict[str, Any]:
     started_at = time.time()
     log_dir = start_ray()
     ray_ready = time.time()
@@ -81,24 +85,30 @@ def _run(cfg: Config, out: Path, resume_path: str | None, run_name: str | None,
         "resume_path": resume_path,
         "faults": faults.from_env(),  # the test switch; {} in a user's run
     }
-    mlflow_run = start_mlflow(cfg, run_name or cfg.output_dir.rstrip("/").rsplit("/", 1)[-1])
+    name = run_name or cfg.output_dir.rstrip("/").rsplit("/", 1)[-1]
+    mlflow_run, wandb_run = start_mlflow(cfg, name), start_wandb(cfg, name, out, tracking_group)
     live = LiveTracking(str(out), "tensorboard" in cfg.train.report_to, mlflow_run)
-    progress = ProgressReports(progress_channel(out), loop_extra["total_steps"], cfg.train.batch_size)
+    progress = ProgressReports(progress_channel(out), loop_extra["total_steps"], cfg.train.batch_size,
+                               forward_metrics=wandb_run is not None)
     trainer = build_trainer(cfg, prepared.train, prepared.eval, loop_extra, run_name=run_name,
                             callbacks=[live, progress, *(callbacks(prepared.stats) if callbacks else [])])
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "config.yaml", cfg.to_yaml())  # now, so that an interrupted run can resume from it
     timing["startup/fit_called"] = time.time()
     try:
-        with follow(progress.channel, sys.stderr, live=sys.stderr.isatty()):  # the driver prints the progress
+        with follow(progress.channel, sys.stderr, live=sys.stderr.isatty(),  # the driver prints the progress
+                    on_metrics=wandb_logger(wandb_run) if wandb_run else None):
             result = fit(trainer, cfg, out, loop_extra["total_steps"])
         run_stats = {**prepared.stats.metrics(), **timing, "perf/total_seconds": time.perf_counter() - started,
-                     **({"mlflow_run_id": mlflow_run.run_id} if mlflow_run else {})}
+                     **({"mlflow_run_id": mlflow_run.run_id} if mlflow_run else {}),
+                     **({"wandb_run_id": wandb_run.id} if wandb_run else {})}
         summary = write_outputs(cfg, out, result, run_stats)
     except BaseException:
         finish_mlflow(mlflow_run, None, failed=True)
+        finish_wandb(wandb_run, None, None, failed=True)
         raise
     finish_mlflow(mlflow_run, summary, failed=False)
+    finish_wandb(wandb_run, summary, out / "curves.png", failed=False)
     return summary
 
 

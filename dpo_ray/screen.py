@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
@@ -111,9 +111,10 @@ class Renderer:
 
 
 @contextmanager
-def follow(path: str, stream: TextIO, live: bool) -> Iterator[None]:
+def follow(path: str, stream: TextIO, live: bool,
+           on_metrics: Callable[[dict[str, Any]], None] | None = None) -> Iterator[None]:
     """Print the lines appended to ``path`` while the block runs (a thread polls it), then the rest.
-    ``path`` starts empty."""
+    ``path`` starts empty. Lines of kind "metrics" (a report's values, for W&B) go to ``on_metrics``."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text("")
     renderer, stop = Renderer(stream, live), threading.Event()
@@ -127,7 +128,11 @@ def follow(path: str, stream: TextIO, live: bool) -> Iterator[None]:
         complete = data[: data.rfind(b"\n") + 1]  # a line still being written waits for the next poll
         offset += len(complete)
         for raw in complete.splitlines():
-            renderer.show(json.loads(raw))
+            line = json.loads(raw)
+            if line["kind"] != "metrics":
+                renderer.show(line)
+            elif on_metrics is not None:
+                on_metrics(line)
 
     def poll() -> None:
         while not stop.wait(POLL_SECONDS):

@@ -10,6 +10,13 @@ LiveTracking (the sinks below) and ProgressReports (the driver's progress lines)
   report's metrics at its step, the summary at the end, and the status (FINISHED, or FAILED when
   training raised or stopped on a non-finite loss). The driver creates and ends the run; the callback,
   which Ray Train runs in its controller process, only logs metrics to it.
+- ``wandb``: one W&B run per dpo_ray run (WANDB_PROJECT, default ``dpo_ray``; WANDB_ENTITY,
+  WANDB_MODE and the API key are read by wandb from the environment, never by dpo_ray): the config,
+  every report's metrics at its step while it trains, the summary, the curves image, and the exit
+  code (0 finished, 1 failed). A sweep's trials share one group. The run lives in the driver: a W&B run
+  belongs to the process that started it, and only the driver is there before training (the config)
+  and after it (summary, image, status); the controller's callback (ProgressReports) forwards each
+  report's values to it through the progress channel, the file the driver already follows.
 """
 
 from __future__ import annotations
@@ -19,13 +26,13 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ray.train import UserCallback
 
 from dpo_ray.config import Config
 from dpo_ray.paths import atomic_write
-from dpo_ray.screen import ProgressLines, append_lines
+from dpo_ray.screen import ProgressLines, append_lines, verbose
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,38 @@ def finish_mlflow(run: MlflowRun | None, summary: dict[str, Any] | None, failed:
         step = int(summary.get("train/steps", 0))
         _log_metrics(client, run.run_id, {f"final/{k}": v for k, v in numeric(summary).items()}, step)
     client.set_terminated(run.run_id, "FAILED" if failed else "FINISHED")
+
+
+def start_wandb(cfg: Config, run_name: str, out: Path, group: str | None) -> Any | None:
+    """Start the W&B run (files under <output_dir>/wandb) when train.report_to has wandb."""
+    if "wandb" not in cfg.train.report_to:
+        return None
+    import wandb
+
+    return wandb.init(project=os.environ.get("WANDB_PROJECT", "dpo_ray"), name=run_name, config=cfg.to_dict(),
+                      group=group, dir=str(out), reinit="create_new",
+                      settings=wandb.Settings(quiet=not verbose()))  # its run link stays; no sparkline table at the end
+
+
+def wandb_logger(run: Any) -> Callable[[dict[str, Any]], None]:
+    """A forwarded report (a "metrics" line of the progress channel) -> run.log at its step."""
+    def log(line: dict[str, Any]) -> None:
+        run.log(line["values"], step=int(line["step"]))
+
+    return log
+
+
+def finish_wandb(run: Any | None, summary: dict[str, Any] | None, curves: Path | None, failed: bool) -> None:
+    """The summary and the curves image (when the run got that far), then the exit code."""
+    if run is None:
+        return
+    if summary:
+        import wandb
+
+        run.summary.update({f"final/{k}": v for k, v in numeric(summary).items()})
+        if curves is not None and curves.is_file():
+            run.log({"curves": wandb.Image(str(curves))}, step=int(summary.get("train/steps", 0)))
+    run.finish(exit_code=1 if failed else 0)
 
 
 PROGRESS_FILE = "progress.json"
@@ -169,11 +208,13 @@ class ProgressReports(UserCallback):
     driver prints (screen.follow). Ray Train runs callbacks in its controller, which it places on
     the driver's node, so the file in the (local, or staging) output folder is the driver's too."""
 
-    def __init__(self, channel: str, total_steps: int, batch_size: int) -> None:
-        self.channel = channel
+    def __init__(self, channel: str, total_steps: int, batch_size: int, forward_metrics: bool = False) -> None:
+        self.channel, self.forward_metrics = channel, forward_metrics
         self.lines = ProgressLines(total_steps, batch_size)
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         row = metrics[0]  # rank 0's; every rank reports the same all-reduced values
         if "step" in row:  # not the final report (the summary)
-            append_lines(self.channel, self.lines.lines(row, time.time()))
+            values = ([{"kind": "metrics", "step": int(row["step"]), "values": numeric(row)}]
+                      if self.forward_metrics else [])  # for the driver's W&B run
+            append_lines(self.channel, values + self.lines.lines(row, time.time()))

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import shutil
 import sys
 import time
@@ -80,13 +81,13 @@ class EvalToTune(UserCallback):
 
 
 def _trial(params: dict[str, Any], *, base: dict[str, Any], trials_dir: str, metric: str,
-           prepared: Prepared | None) -> None:
+           prepared: Prepared | None, group: str) -> None:
     """One Tune trial: the base config with ``params`` set, trained in trials/<trial id>/ on the
     shared ``prepared`` datasets (or, when data-shaping keys are searched, on its own, cached)."""
     trial_id = tune.get_context().get_trial_id()
     cfg = apply_params(base, {**params, "output_dir": f"{trials_dir}/{trial_id}", "overwrite_output_dir": True})
     summary = run(cfg, run_name=f"trial-{trial_id}", callbacks=lambda stats: [EvalToTune(metric, stats)],
-                  prepared=prepared)
+                  prepared=prepared, tracking_group=group)
     tune.report({k: v for k, v in summary.items() if is_number(v)})
 
 
@@ -129,7 +130,8 @@ def run_sweep(base: Config, settings: TuneSettings, *, resume: bool = False) -> 
         print(f"sweep: {settings.trial_plan()}", file=sys.stderr, flush=True)
     trainable = tune.with_resources(
         tune.with_parameters(_trial, base=cfg.to_dict(), trials_dir=str(out / "trials"), metric=settings.metric,
-                             prepared=prepared),
+                             prepared=prepared,  # W&B: the sweep's trials in one group (WANDB_RUN_GROUP, if set)
+                             group=os.environ.get("WANDB_RUN_GROUP", f"{out.name}-{time.strftime('%Y%m%d-%H%M%S')}")),
         {"cpu": 0, "memory": 1},  # the trial only drives (0 CPU; Tune needs some resource): its Train workers hold the CPUs/GPUs
     )
     if resume:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from _wandb import offline_runs, read_run
 from conftest import REPO, small_overrides
 from dpo_ray.config_load import load_config
 
@@ -33,9 +35,16 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 @pytest.mark.slow
 def test_sweep_scores_the_reference_once(tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path) -> None:
     out = tmp_path / "sweep"
-    args = _sweep_args(tiny_model_dir, pairs_jsonl, out, **{"tune.searcher": "random", "tune.num_samples": 4})
-    proc = subprocess.run([sys.executable, SCRIPT, *args], cwd=REPO, capture_output=True, text=True, timeout=900)
+    args = _sweep_args(tiny_model_dir, pairs_jsonl, out, **{"tune.searcher": "random", "tune.num_samples": 4,
+                                                            "train.report_to": "[wandb]"})
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    proc = subprocess.run([sys.executable, SCRIPT, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    runs = {trial.name: read_run(d) for trial in sorted((out / "trials").iterdir()) for d in offline_runs(trial)}
+    assert len(runs) == 4 and len({r["group"] for r in runs.values()}) == 1  # one W&B group
+    assert next(iter(runs.values()))["group"].startswith("sweep-") and all(r["history"] for r in runs.values())
+    finished = {t for t in runs if (out / "trials" / t / "metrics.json").exists()}  # ASHA may stop a trial early
+    assert finished and all(runs[t]["exit_code"] == 0 for t in finished), {t: r["exit_code"] for t, r in runs.items()}
     summary = json.loads((out / "sweep.json").read_text())
     assert summary["ref/scoring_runs"] == 1 and summary["trials"] == 4
     rows = _read_csv(out / "trials.csv")

@@ -1,14 +1,16 @@
-"""Live tracking (dpo_ray.tracking): TensorBoard scalars visible at each report, MLflow runs."""
+"""Live tracking (dpo_ray.tracking): TensorBoard scalars visible at each report, MLflow runs, W&B runs."""
 
 from __future__ import annotations
 
+import json
 import struct
 from pathlib import Path
 
 import pytest
 
+from conftest import small_overrides
 from dpo_ray.config_load import load_config
-from dpo_ray.tracking import LiveTracking, finish_mlflow, read_progress, start_mlflow
+from dpo_ray.tracking import LiveTracking, finish_mlflow, numeric, read_progress, start_mlflow
 
 
 def read_scalars(log_dir: Path) -> dict[tuple[str, int], float]:
@@ -63,3 +65,52 @@ def test_mlflow_run_gets_params_metrics_and_status(tmp_path: Path, monkeypatch: 
     finish_mlflow(failed, None, failed=True)
     assert client.get_run(failed.run_id).info.status == "FAILED"
     assert not (tmp_path / "run" / "tensorboard").exists()
+
+
+@pytest.mark.ray
+def test_wandb_offline_run_holds_the_history_step_for_step(tiny_model_dir: str, pairs_jsonl: str, tmp_path: Path,
+                                                             shared_caches: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from _wandb import offline_runs, read_run
+
+    from dpo_ray.run import run
+
+    key = "fakeWANDBkey0123456789abcdef0123456789ab"
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_API_KEY", key)
+    monkeypatch.setenv("WANDB_PROJECT", "unit-project")
+    out = tmp_path / "run"
+    try:
+        summary = run(load_config(None, small_overrides(tiny_model_dir, pairs_jsonl, str(out), caches=shared_caches,
+                                                        **{"train.report_to": "[wandb]", "train.num_workers": 1})))
+    finally:
+        import ray
+
+        ray.shutdown()  # run() started it: the next module starts its own
+    (run_dir,) = offline_runs(out)
+    logged = read_run(run_dir)
+    history = [json.loads(line) for line in (out / "metrics_history.jsonl").read_text().splitlines()]
+    assert sorted(logged["history"]) == [int(row["step"]) for row in history] == [0, 1, 2, 3, 4]
+    for row in history:  # every logged step's metrics, as metrics_history.jsonl holds them
+        values = numeric(row)
+        assert {k: logged["history"][int(row["step"])][k] for k in values} == pytest.approx(values)
+    assert logged["config"]["loss"]["beta"] == 0.1 and logged["config"]["train"]["report_to"] == ["wandb"]
+    assert logged["summary"]["final/eval/loss"] == pytest.approx(summary["eval/loss"])
+    assert logged["history"][4]["curves/_type"] == "image-file" and logged["exit_code"] == 0
+    assert summary["wandb_run_id"] in run_dir.name and logged["name"] == "run"
+    assert not [p for p in out.rglob("*") if p.is_file() and key.encode() in p.read_bytes()]  # the key is written nowhere
+
+
+def test_wandb_run_of_a_failed_training_ends_with_exit_code_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from _wandb import offline_runs, read_run
+
+    from dpo_ray.tracking import finish_wandb, start_wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = load_config(None, ["train.report_to=[wandb]", f"output_dir={tmp_path / 'run'}"])
+    assert start_wandb(load_config(None, [f"output_dir={tmp_path / 'run'}"]), "off", tmp_path, None) is None  # not asked for
+    run = start_wandb(cfg, "unit-failed", tmp_path, "unit-group")
+    run.log({"train/loss": 0.69}, step=1)
+    finish_wandb(run, None, None, failed=True)  # what run() calls when training raised
+    (run_dir,) = offline_runs(tmp_path)
+    logged = read_run(run_dir)
+    assert logged["exit_code"] == 1 and logged["group"] == "unit-group" and logged["history"][1]["train/loss"] == 0.69

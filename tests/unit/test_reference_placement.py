@@ -88,3 +88,14 @@ def test_scorer_without_gpus_ignores_num_gpus(tiny_model_dir: str) -> None:
     scorer = ReferenceScorer(tiny_model_dir, None, "auto", use_gpu=False, num_gpus=2)
     assert scorer.device == torch.device("cpu") and scorer.model.dtype == torch.float32
     assert {p.device for p in scorer.model.parameters()} == {torch.device("cpu")}
+
+
+def test_a_tracker_without_its_package_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dpo_ray.preflight import check_trackers
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    check_trackers(["tensorboard", "mlflow"])
+    with pytest.raises(ConfigError, match=r'^train.report_to has wandb, but the wandb package is not installed: pip install -e "\.\[wandb\]"'):
+        check_trackers(["tensorboard", "wandb"])
+
