@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,20 @@ def _key(item: Any) -> str:
     return item.key or "/".join(item.nested_key)
 
 
-def read_run(run_dir: Path) -> dict[str, Any]:
-    """{"history": {step: {key: value}}, "summary": {...}, "config": {...}, "group", "name", "exit_code"}."""
+def read_run(run_dir: Path, wait_for_exit: float = 0.0) -> dict[str, Any]:
+    """{"history": {step: {key: value}}, "summary": {...}, "config": {...}, "group", "name", "exit_code"}.
+
+    ``wait_for_exit``: seconds to wait for the exit record. A run finished in this process may write
+    it after run.finish() returns (seen with wandb 0.31 for a second run in one process)."""
+    deadline = time.monotonic() + wait_for_exit
+    while True:
+        out = _read(run_dir)
+        if out["exit_code"] is not None or time.monotonic() > deadline:
+            return out
+        time.sleep(0.2)
+
+
+def _read(run_dir: Path) -> dict[str, Any]:
     (path,) = run_dir.glob("run-*.wandb")
     out: dict[str, Any] = {"history": {}, "summary": {}, "config": {}, "exit_code": None}
     for record in records(path):

@@ -28,8 +28,8 @@ from transformers import get_scheduler
 from dpo_ray.config import Config
 from dpo_ray.config_load import from_dict
 from dpo_ray.faults import fires_once
-from dpo_ray.stats import process_start_time
 from dpo_ray.modeling import add_lora, load_model, load_model_partitioned, load_tokenizer, model_hidden_size, resolve_dtype
+from dpo_ray.stats import process_start_time
 from dpo_ray.train.checkpoint import RunState, restore, save_checkpoint
 from dpo_ray.train.ds_config import build_ds_config
 from dpo_ray.train.metrics import SUM_FIELDS, finalize, metric_sums

@@ -87,7 +87,7 @@ def test_wandb_offline_run_holds_the_history_step_for_step(tiny_model_dir: str, 
 
         ray.shutdown()  # run() started it: the next module starts its own
     (run_dir,) = offline_runs(out)
-    logged = read_run(run_dir)
+    logged = read_run(run_dir, wait_for_exit=30)
     history = [json.loads(line) for line in (out / "metrics_history.jsonl").read_text().splitlines()]
     assert sorted(logged["history"]) == [int(row["step"]) for row in history] == [0, 1, 2, 3, 4]
     for row in history:  # every logged step's metrics, as metrics_history.jsonl holds them
@@ -112,5 +112,5 @@ def test_wandb_run_of_a_failed_training_ends_with_exit_code_1(tmp_path: Path, mo
     run.log({"train/loss": 0.69}, step=1)
     finish_wandb(run, None, None, failed=True)  # what run() calls when training raised
     (run_dir,) = offline_runs(tmp_path)
-    logged = read_run(run_dir)
+    logged = read_run(run_dir, wait_for_exit=30)
     assert logged["exit_code"] == 1 and logged["group"] == "unit-group" and logged["history"][1]["train/loss"] == 0.69
