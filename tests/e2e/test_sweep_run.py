@@ -42,9 +42,11 @@ def test_sweep_scores_the_reference_once(tiny_model_dir: str, pairs_jsonl: str, 
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     runs = {trial.name: read_run(d) for trial in sorted((out / "trials").iterdir()) for d in offline_runs(trial)}
     assert len(runs) == 4 and len({r["group"] for r in runs.values()}) == 1  # one W&B group
-    assert next(iter(runs.values()))["group"].startswith("sweep-") and all(r["history"] for r in runs.values())
-    finished = {t for t in runs if (out / "trials" / t / "metrics.json").exists()}  # ASHA may stop a trial early
-    assert finished and all(runs[t]["exit_code"] == 0 for t in finished), {t: r["exit_code"] for t, r in runs.items()}
+    assert next(iter(runs.values()))["group"].startswith("sweep-")
+    # ASHA may stop a trial early: Tune ends its process, and W&B may keep none of its history (README)
+    finished = {t for t in runs if (out / "trials" / t / "metrics.json").exists()}
+    assert finished and all(runs[t]["exit_code"] == 0 and runs[t]["history"] for t in finished), {
+        t: (r["exit_code"], sorted(r["history"])) for t, r in runs.items()}
     summary = json.loads((out / "sweep.json").read_text())
     assert summary["ref/scoring_runs"] == 1 and summary["trials"] == 4
     rows = _read_csv(out / "trials.csv")
