@@ -1,7 +1,7 @@
 """Every config key with its type, default and one-line doc, for the entry scripts' --help.
 
 Pure ring and light (no Ray, no torch): the docs are the attribute docstrings of the dataclass
-fields in dpo_ray/config.py (the string literal right after a field), read from the source with ast,
+fields in dpo_ray/config.py and config_loss.py (the string literal right after a field), read from the source with ast,
 so the help and the schema cannot drift apart.
 """
 

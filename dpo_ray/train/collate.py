@@ -1,4 +1,5 @@
-"""Pairs of token lists -> one padded [2B, T] batch, chosen rows first, with completion masks.
+"""Pairs of token lists -> one padded [2B, T] batch, chosen rows first, with completion masks; packed
+rows (padding-free) and token-budget cuts of a micro-batch.
 
 Pure ring: no Ray import.
 """
@@ -46,6 +47,61 @@ def collate_pairs(
     }
 
 
+def pack_rows(batch: dict[str, torch.Tensor], rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Rows of a padded batch (collate_pairs; default all, in order) -> ONE packed row (1, L), no pads:
+    their real tokens end to end, position_ids restarting at 0 per sequence, seq_ids numbering the
+    sequences in ``rows`` order, and no attention mask (transformers builds the block-diagonal causal
+    mask from the position ids; flash-attention reads them as varlen boundaries)."""
+    if rows is not None:
+        batch = {k: v[rows] for k, v in batch.items()}
+    keep = batch["attention_mask"].bool()  # right padding: each row's real tokens are its first ones
+    n, width = keep.shape
+    positions = torch.arange(width, device=keep.device).expand(n, width)
+    seq = torch.arange(n, device=keep.device).unsqueeze(-1).expand(n, width)
+    return {"input_ids": batch["input_ids"][keep].unsqueeze(0), "position_ids": positions[keep].unsqueeze(0),
+            "completion_mask": batch["completion_mask"][keep].unsqueeze(0), "seq_ids": seq[keep].unsqueeze(0)}
+
+
+def pair_costs(prompt_ids: Sequence[Sequence[int]], chosen_ids: Sequence[Sequence[int]],
+               rejected_ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair: its padded width x 2 (a padded micro-batch of n pairs costs n x the largest) and its
+    real tokens (a packed one costs their sum), both rows of the pair."""
+    p = np.fromiter((len(x) for x in prompt_ids), dtype=np.int64, count=len(prompt_ids))
+    c = np.fromiter((len(x) for x in chosen_ids), dtype=np.int64, count=len(chosen_ids))
+    r = np.fromiter((len(x) for x in rejected_ids), dtype=np.int64, count=len(rejected_ids))
+    return 2 * (p + np.maximum(c, r)), 2 * p + c + r
+
+
+def budget_cuts(widths: np.ndarray, tokens: np.ndarray, budget: int, packed: bool) -> list[np.ndarray]:
+    """Items in their given order cut greedily into consecutive groups whose cost stays within
+    ``budget`` token slots: packed, the sum of ``tokens``; padded, the group's size times its largest
+    ``widths``. An item over the budget on its own is a group of one. Returns index arrays."""
+    cuts, start, largest, total = [], 0, 0, 0
+    for i in range(len(widths)):
+        grown_largest, grown_total = max(largest, int(widths[i])), total + int(tokens[i])
+        cost = grown_total if packed else (i - start + 1) * grown_largest
+        if i > start and cost > budget:
+            cuts.append(np.arange(start, i))
+            start, grown_largest, grown_total = i, int(widths[i]), int(tokens[i])
+        largest, total = grown_largest, grown_total
+    if len(widths):
+        cuts.append(np.arange(start, len(widths)))
+    return cuts
+
+
+def split_to(cuts: list[np.ndarray], count: int, costs: np.ndarray) -> list[np.ndarray]:
+    """``cuts`` split until there are ``count`` groups: the costliest group (by summed ``costs``) with
+    two items or more is halved each time. Needs count <= the number of items."""
+    cuts = list(cuts)
+    while len(cuts) < count:
+        i = max((j for j in range(len(cuts)) if len(cuts[j]) > 1), key=lambda j: int(costs[cuts[j]].sum()))
+        half = len(cuts[i]) // 2
+        cuts[i:i + 1] = [cuts[i][:half], cuts[i][half:]]
+    return cuts
+
+
 def count_tokens(batch: dict[str, torch.Tensor]) -> int:
-    """Non-pad tokens in a collated batch (the throughput numerator)."""
+    """Non-pad tokens in a collated batch (the throughput numerator); a packed batch has no pads."""
+    if "position_ids" in batch:
+        return int(batch["input_ids"].numel())
     return int(batch["attention_mask"].sum())

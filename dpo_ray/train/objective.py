@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from dpo_ray.config import LossConfig
-from dpo_ray.train.collate import collate_pairs, count_tokens
+from dpo_ray.train.collate import collate_pairs, count_tokens, pack_rows
 from dpo_ray.train.logprobs import SequenceStats, forward_sequence_stats, split_pairs
 from dpo_ray.train.losses import PairLogps, PreferenceLoss, ld_logps, preference_loss, wpo_weights
 
@@ -26,19 +26,23 @@ class BatchObjective:
     num_tokens: int
     """Non-pad tokens in the (2B, T) batch."""
     padded_tokens: int
-    """2B x T: the token slots the forward computed, pads included."""
+    """The token slots the forward computed, pads included: 2B x T padded, the real tokens packed."""
 
 
 def batch_objective(
     model: torch.nn.Module, batch: dict[str, np.ndarray], loss: LossConfig, *, pad_id: int, device: torch.device,
-    chunk_size: int | None = None,
+    chunk_size: int | None = None, padding_free: bool = False,
 ) -> BatchObjective:
-    """Numpy batch of token ids (+ cached reference columns) -> per-pair losses and stats."""
-    tensors = {k: v.to(device) for k, v in collate_pairs(batch["prompt_ids"], batch["chosen_ids"], batch["rejected_ids"], pad_id=pad_id).items()}
+    """Numpy batch of token ids (+ cached reference columns) -> per-pair losses and stats; with
+    ``padding_free`` its 2B sequences run packed in one row (collate.pack_rows)."""
+    tensors = collate_pairs(batch["prompt_ids"], batch["chosen_ids"], batch["rejected_ids"], pad_id=pad_id)
+    if padding_free:
+        tensors = pack_rows(tensors)
+    tensors = {k: v.to(device) for k, v in tensors.items()}
     stats = forward_sequence_stats(model, tensors, with_wpo=loss.wpo, chunk_size=chunk_size)
     result = preference_loss(pair_logps(stats, batch, loss, device=device), loss)
     return BatchObjective(result=result, stats=stats, num_tokens=count_tokens(tensors),
-                          padded_tokens=int(tensors["attention_mask"].numel()))
+                          padded_tokens=int(tensors["input_ids"].numel()))
 
 
 def pair_logps(stats: SequenceStats, batch: dict[str, np.ndarray], loss: LossConfig, *, device: torch.device) -> PairLogps:
