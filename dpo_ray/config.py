@@ -11,8 +11,9 @@ from typing import Any, Literal
 import yaml
 
 from dpo_ray.config_check import ConfigError as ConfigError, require as require
-from dpo_ray.config_loss import (F_DIVERGENCE_LOSSES as F_DIVERGENCE_LOSSES, LABEL_SMOOTHING_LOSSES as LABEL_SMOOTHING_LOSSES,
-                                 LOSS_TYPES as LOSS_TYPES, NO_WPO_LOSSES as NO_WPO_LOSSES, REFERENCE_FREE as REFERENCE_FREE,
+from dpo_ray.config_loss import (BATCH_WIDE_LOSSES as BATCH_WIDE_LOSSES, F_DIVERGENCE_LOSSES as F_DIVERGENCE_LOSSES,
+                                 LABEL_SMOOTHING_LOSSES as LABEL_SMOOTHING_LOSSES, LOSS_TYPES as LOSS_TYPES,
+                                 NO_WPO_LOSSES as NO_WPO_LOSSES, REFERENCE_FREE as REFERENCE_FREE,
                                  LossConfig as LossConfig, LossName as LossName)
 
 
@@ -164,6 +165,10 @@ class ReferenceConfig:
     """Length-sort each scoring call's rows before cutting them into forwards (each pads little)."""
     rows_per_forward: int = 16
     """Sequences per scoring forward (smaller: less padding and memory; raise it on a roomy GPU)."""
+    batch_tokens: int | None = None
+    """Token slots per scoring forward in place of rows_per_forward: length-sorted rows grouped to fit it."""
+    padding_free: bool = False
+    """Score each forward's rows packed into one row, without pads (README: Long, uneven sequences)."""
 
     def __post_init__(self) -> None:
         require(
@@ -172,6 +177,7 @@ class ReferenceConfig:
             (self.num_gpus_per_actor >= 0 and self.batch_size >= 1,
              "reference.num_gpus_per_actor must be >= 0 and reference.batch_size >= 1"),
             (self.rows_per_forward >= 1, f"reference.rows_per_forward={self.rows_per_forward}: must be >= 1"),
+            (self.batch_tokens is None or self.batch_tokens >= 1, f"reference.batch_tokens={self.batch_tokens}: must be >= 1"),
             (self.num_gpus_per_actor <= 1 or float(self.num_gpus_per_actor).is_integer(),  # Ray: a fraction of 1, or whole GPUs
              f"reference.num_gpus_per_actor={self.num_gpus_per_actor}: above 1 it must be a whole number of GPUs"),
         )
@@ -251,6 +257,12 @@ class TrainConfig:
     """Micro-batches per length-grouping window."""
     logps_chunk_size: int | None = None
     """LM head this many positions at a time (recomputed in backward): no full (2B, T, vocab) logits."""
+    micro_batch_tokens: int | None = None
+    """Token slots per forward/backward in place of micro_batch_size pairs: a worker's pairs of each step
+    are length-sorted and cut to fit (padded: 2 x pairs x longest row; packed: real tokens); the loss
+    stays the mean over the step's batch_size pairs."""
+    padding_free: bool = False
+    """Pack each micro-batch's sequences into one row (position_ids restart per sequence, no pads)."""
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
     """Live metric sinks, as TRL's report_to: tensorboard (<output_dir>/tensorboard, written at each
     report), mlflow (MLFLOW_TRACKING_URI, ...) and wandb (WANDB_PROJECT, ...); [] for none."""
@@ -258,7 +270,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.report_to) - set(REPORT_TO))
         names = ("max_steps", "batch_size", "micro_batch_size", "num_workers", "eval_every", "logging_steps",
-                 "length_group_window", *(() if self.cpus_per_worker == "auto" else ("cpus_per_worker",)))
+                 "length_group_window", *(() if self.cpus_per_worker == "auto" else ("cpus_per_worker",)),
+                 *(() if self.micro_batch_tokens is None else ("micro_batch_tokens",)))
         positive = {name: getattr(self, name) for name in names}
         per_step = self.micro_batch_size * self.num_workers
         require(
@@ -279,6 +292,9 @@ class TrainConfig:
              "train.nonfinite=skip needs train.zero_stage >= 1 (DeepSpeed's overflow check skips the update)"),
             (not (self.offload_optimizer and self.zero_stage == 0), "train.offload_optimizer needs train.zero_stage >= 1"),
             (not self.offload_params or self.zero_stage in (3, "auto"), "train.offload_params needs train.zero_stage=3"),
+            (self.logps_chunk_size is None or self.resolved_zero_stage() != 3,
+             "train.logps_chunk_size does not work with ZeRO-3 (a chunk recomputed in backward finds the LM head's "
+             "weight partitioned away); use train.zero_stage=2 or unset logps_chunk_size"),
             (per_step < 1 or self.batch_size % per_step == 0,
              f"train.batch_size={self.batch_size} is not a multiple of train.micro_batch_size x train.num_workers = "
              f"{per_step}; pick a batch size that divides evenly"),
@@ -317,6 +333,16 @@ class Config:
     """Where model/, metrics.json, config.yaml and Ray's run files go."""
     overwrite_output_dir: bool = False
     """Replace the results of an earlier run in output_dir; without it such a run stops at once."""
+
+    def __post_init__(self) -> None:
+        tokens, mixed = self.train.micro_batch_tokens, sorted(set(self.loss.type) & BATCH_WIDE_LOSSES)
+        require(
+            (tokens is None or tokens >= 2 * self.data.max_length,
+             f"train.micro_batch_tokens={tokens} is below one pair at data.max_length={self.data.max_length} "
+             f"(its two rows: {2 * self.data.max_length} tokens); raise it or lower data.max_length"),
+            (tokens is None or not mixed, f"train.micro_batch_tokens: loss.type {mixed} reads the whole micro-batch "
+             "(a sort or a token mean across its pairs), so a token budget would change its value; use micro_batch_size"),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -19,6 +19,8 @@ REFERENCE_FREE = frozenset({"simpo", "orpo", "cpo", "sft"})
 F_DIVERGENCE_LOSSES = frozenset({"sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop"})
 LABEL_SMOOTHING_LOSSES = frozenset({"sigmoid", "exo_pair", "robust", "aot", "aot_unpaired"})
 NO_WPO_LOSSES = frozenset({"aot", "aot_unpaired"})
+BATCH_WIDE_LOSSES = frozenset({"aot", "aot_unpaired", "sft"})
+"""Losses whose per-pair value reads the whole micro-batch (a sort across it; sft's token mean)."""
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,8 @@ def format_summary(s: dict[str, Any]) -> str:
         f"({s['perf/num_workers']:.0f} workers, {s['perf/train_seconds']:.1f} s training, "
         f"first step after {s['perf/seconds_to_first_step']:.1f} s)",
         *_startup_line(s),
+        *([f"batches    {s['perf/batching']}, pad fraction {s['perf/pad_fraction']:.3f}, token slots per micro-batch "
+           f"{s['perf/micro_batch_tokens_mean']:.0f} mean, {s['perf/micro_batch_tokens_max']:.0f} max"] if "perf/batching" in s else []),
         *([f"auto       {s['auto']}"] if s.get("auto") else []),
         f"stopped    after {s['train/steps']:.0f} steps: {s['stop_reason']}",
         f"total      {s['perf/total_seconds']:.1f} s",

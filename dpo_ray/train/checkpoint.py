@@ -31,6 +31,10 @@ class RunState:
     tokens_done: int = 0
     token_slots_done: int = 0
     """Tokens computed including padding (perf/pad_fraction = 1 - tokens_done / token_slots_done)."""
+    micro_batches_done: int = 0
+    """Forward/backward passes, all ranks (perf/micro_batch_tokens_mean = token_slots_done / this)."""
+    micro_batch_slots_max: int = 0
+    """This rank's largest micro-batch in token slots (pads included)."""
     first_step_at: float = 0.0
     first_step_time: float = 0.0
     """Wall-clock (Unix) time at which step 1 ended: a bench measures time to first step from its launch."""

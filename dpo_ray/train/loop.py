@@ -11,10 +11,8 @@ from __future__ import annotations
 import gc
 import json
 import os
-import resource
 import tempfile
 import time
-from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
@@ -35,6 +33,7 @@ from dpo_ray.train.ds_config import build_ds_config
 from dpo_ray.train.metrics import SUM_FIELDS, finalize, metric_sums
 from dpo_ray.train.objective import batch_objective
 from dpo_ray.train.order import EvalShard, ReadCounter, micro_batches, rank_lanes
+from dpo_ray.train.step import PeakMemory, batching, train_step
 from dpo_ray.train.stopping import Stopper
 
 WARMUP_STEPS = 2  # steps left out of perf/steady_*: allocator and DeepSpeed warm-up, first buckets
@@ -71,11 +70,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     marks["startup/worker_step0_eval_done"] = time.time()
     engine.train()  # from_pretrained returns eval mode; a resumed run has no step-0 eval to switch it (dropout, checkpointing)
     stop_reason = "epochs" if cfg.train.epochs is not None else "max_steps"
+    peak = PeakMemory(device)
+    peak.interval()  # start-up's peak counts in perf/peak_memory_mib; train/peak_memory_mib is per report from here
     faults = loop_config.get("faults", {})
     for step in range(state.step + 1, steps + 1):
         t0 = _now(device)
-        sums, tokens = _train_step(engine, train_batches, cfg, pad_id, device)
-        real_tokens = _count_step(state, step, cfg.train.batch_size, tokens, t0, loop_start, device)
+        sums, tokens, largest = train_step(engine, train_batches, cfg, pad_id, device)
+        real_tokens = _count_step(state, step, cfg.train.batch_size, tokens, largest, t0, loop_start, device)
         train_metrics = finalize(sums, "train/")
         grad_norm = engine.get_global_grad_norm()
         grad_norm = float(grad_norm) if grad_norm is not None else 0.0
@@ -83,6 +84,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics: dict[str, Any] = {}
         if step % cfg.train.logging_steps == 0 or step == steps or stop:
             metrics = _logged_train_metrics(train_metrics, grad_norm, stopper, scheduler, epoch=step / steps_per_epoch)
+            metrics["train/peak_memory_mib"] = _largest_rank(peak.interval(), device)  # since the last report
         if stop == "non_finite":
             state.history.append({"step": float(step), **metrics})
             _report_failure(rank, state.history, step)  # the weights may hold NaN now: export nothing
@@ -108,8 +110,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             stop_reason = stop
             break
 
-    perf = {**_perf_figures(state, device, world, worker_nodes), **_read_figures(reads, world), **marks}
-    _export(engine, tokenizer, cfg, rank, state.history, {**perf, "stop_reason": stop_reason})
+    perf = {**_perf_figures(state, device, world, worker_nodes, peak), **_read_figures(reads, world), **marks}
+    _export(engine, tokenizer, cfg, rank, state.history, {**perf, "stop_reason": stop_reason, "perf/batching": batching(cfg.train)})
 
 
 def _join_worker_group(cfg: Config) -> tuple[int, int, torch.device]:
@@ -164,15 +166,18 @@ def _log(engine: Any, state: RunState, stopper: Stopper, rank: int, metrics: dic
         ray.train.report(state.history[-1])  # a barrier: every rank reports on the same steps
 
 
-def _count_step(state: RunState, step: int, batch_size: int, tokens: torch.Tensor, t0: float, loop_start: float,
-                device: torch.device) -> int:
-    """Add the finished step to the run's counters; returns its real (non-pad) tokens."""
+def _count_step(state: RunState, step: int, batch_size: int, tokens: torch.Tensor, largest: int, t0: float,
+                loop_start: float, device: torch.device) -> int:
+    """Add the finished step to the run's counters (train_step's ``tokens`` and this rank's largest
+    micro-batch); returns its real (non-pad) tokens."""
     state.step = step
     real_tokens = int(tokens[0].item())
     state.train_seconds += _now(device) - t0
     state.pairs_done += batch_size
     state.tokens_done += real_tokens
     state.token_slots_done += int(tokens[1].item())
+    state.micro_batches_done += int(tokens[2].item())
+    state.micro_batch_slots_max = max(state.micro_batch_slots_max, largest)
     if step == 1:
         state.first_step_at = time.perf_counter() - loop_start
         state.first_step_time = time.time()
@@ -186,10 +191,14 @@ def _logged_train_metrics(train_metrics: dict[str, float], grad_norm: float, sto
             "train/learning_rate": float(scheduler.get_last_lr()[0]), "train/epoch": epoch}
 
 
-def _perf_figures(state: RunState, device: torch.device, world: int, worker_nodes: list[Any]) -> dict[str, Any]:
-    """The run's perf/ and placement/ figures for metrics.json (memory: a collective)."""
+def _perf_figures(state: RunState, device: torch.device, world: int, worker_nodes: list[Any],
+                  peak: PeakMemory) -> dict[str, Any]:
+    """The run's perf/ and placement/ figures for metrics.json (memory, the largest micro-batch: collectives)."""
     return {
-        **_memory_figures(device),
+        **_memory_figures(device, peak),
+        "perf/micro_batch_tokens_mean": state.token_slots_done / max(state.micro_batches_done, 1),
+        "perf/micro_batch_tokens_max": _largest_rank(float(state.micro_batch_slots_max), device),
+        "perf/micro_batches_per_step": state.micro_batches_done / max(state.step, 1) / world,
         "perf/pairs_per_second": state.pairs_done / state.train_seconds,
         "perf/tokens_per_second": state.tokens_done / state.train_seconds,
         "perf/pad_fraction": 1.0 - state.tokens_done / max(state.token_slots_done, 1),
@@ -228,25 +237,6 @@ def _import_deepspeed(use_gpu: bool) -> Any:
     return deepspeed
 
 
-def _train_step(engine: Any, batches: Iterator[dict[str, np.ndarray]], cfg: Config, pad_id: int,
-                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step = gradient_accumulation_steps micro-batches; returns the metric sums and
-    (real tokens, token slots), all-reduced over the ranks."""
-    sums = torch.zeros(len(SUM_FIELDS), dtype=torch.float64, device=device)
-    tokens = torch.zeros(2, dtype=torch.int64, device=device)  # real tokens, token slots (pads included)
-    for _ in range(cfg.train.gradient_accumulation_steps()):
-        out = batch_objective(engine, next(batches), cfg.loss, pad_id=pad_id, device=device,
-                              chunk_size=cfg.train.logps_chunk_size)
-        engine.backward(out.result.losses.mean())  # DeepSpeed divides by the accumulation steps
-        engine.step()  # steps the optimizer and scheduler only at the accumulation boundary
-        sums += metric_sums(out.result, out.stats, beta=cfg.loss.beta)
-        tokens[0] += out.num_tokens
-        tokens[1] += out.padded_tokens
-    dist.all_reduce(sums)
-    dist.all_reduce(tokens)
-    return sums, tokens
-
-
 @torch.no_grad()
 def _evaluate(engine: Any, shard: EvalShard, cfg: Config, pad_id: int, device: torch.device) -> dict[str, float]:
     """Every eval pair exactly once: each rank its own share (train/order.py EvalShard); ranks with
@@ -258,7 +248,7 @@ def _evaluate(engine: Any, shard: EvalShard, cfg: Config, pad_id: int, device: t
     for i in range(shard.rounds()):
         counted = i < len(mine)
         out = batch_objective(engine, mine[i] if counted else filler, cfg.loss, pad_id=pad_id, device=device,
-                              chunk_size=cfg.train.logps_chunk_size)
+                              chunk_size=cfg.train.logps_chunk_size, padding_free=cfg.train.padding_free)
         if counted:
             sums[0] += metric_sums(out.result, out.stats, beta=cfg.loss.beta)
             # torch.tensor copies: Ray Data's numpy batches are read-only (torch.as_tensor warns on them)
@@ -329,7 +319,14 @@ def _final_report(rank: int, history: list[dict[str, float]], metrics: dict[str,
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
-def _memory_figures(device: torch.device) -> dict[str, float]:
+def _largest_rank(value: float, device: torch.device) -> float:
+    """The largest of the ranks' ``value`` (a collective)."""
+    figure = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(figure, op=dist.ReduceOp.MAX)
+    return float(figure[0])
+
+
+def _memory_figures(device: torch.device, peak: PeakMemory) -> dict[str, float]:
     """The largest rank's model-state memory after training (bytes of every live tensor on the
     device, each storage once: weights, gradients, optimizer states, DeepSpeed's partitions and
     buffers) and peak memory (RSS on CPU, allocated memory on GPU), in MiB. A collective."""
@@ -344,9 +341,8 @@ def _memory_figures(device: torch.device) -> dict[str, float]:
                 storages[storage.data_ptr()] = storage.nbytes()
         except (RuntimeError, NotImplementedError):  # tensors without storage (meta, some wrappers)
             continue
-    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # Linux: KiB
-    figures = torch.tensor([sum(storages.values()), peak], dtype=torch.float64, device=device)
+    peak.interval()  # the last interval: peak.overall is the run's peak (RSS on CPU, allocated memory on GPU)
+    figures = torch.tensor([sum(storages.values()), peak.overall * 2**20], dtype=torch.float64, device=device)
     dist.all_reduce(figures, op=dist.ReduceOp.MAX)
     return {"perf/model_state_mib": float(figures[0]) / 2**20, "perf/peak_memory_mib": float(figures[1]) / 2**20}
 
