@@ -7,8 +7,25 @@ class ConfigError(ValueError):
     """A config key is unknown, has the wrong type, or holds a value that cannot work."""
 
 
+class PackingUnsupported(ConfigError):
+    """train/reference.padding_free on a model whose attention lets one packed sequence see another
+    (found by modeling.check_packed_attention, in the process that loaded the model)."""
+
+
 def require(*checks: tuple[bool, str]) -> None:
     """Raise ConfigError with the message of the first (condition, message) whose condition is false."""
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def cause_of(err: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The innermost exception of type ``kind`` in ``err``'s chain of causes, or None: Ray wraps a
+    remote error in a RayTaskError that is also an instance of its type but prints the remote
+    traceback; the original is its ``cause``."""
+    found, seen = None, err
+    while seen is not None:
+        if isinstance(seen, kind):
+            found = seen
+        seen = vars(seen).get("cause") or seen.__cause__ or seen.__context__
+    return found

@@ -43,7 +43,11 @@ def start_ray() -> str:
         print(f"ray: {resources.get('CPU', 0):.0f} CPUs, {resources.get('GPU', 0):.0f} GPUs; Ray's logs: {session_log_dir()}"
               + ("" if loud else f" (--verbose or {VERBOSE_ENV}=1 shows them here)"), flush=True)
     # Ray Data's bars redraw several lines in a terminal and flood a log file or `ray job logs`.
-    ray.data.DataContext.get_current().enable_progress_bars = loud and sys.stderr.isatty()
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = loud and sys.stderr.isatty()
+    # A failed map call raises its own exception (a RayTaskError of its type), not Ray Data's UserCodeException
+    # that keeps only its text: the reference stage turns a packing refusal into one line (reference/stage.py).
+    context.raise_original_map_exception = True
     return session_log_dir()
 
 

@@ -14,6 +14,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
 from transformers.utils import GENERATION_CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file
 
+from dpo_ray.config_check import PackingUnsupported
 from dpo_ray.config_load import dtype_name
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -219,3 +220,24 @@ def add_lora(model: PreTrainedModel, *, r: int, alpha: int, dropout: float, targ
 
     return get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
                                             target_modules=list(target_modules), task_type="CAUSAL_LM"))
+
+
+@torch.no_grad()
+def check_packed_attention(model: Any, name_or_path: str, option: str) -> None:
+    """Refuse padding-free batches for a model whose attention does not keep packed sequences apart:
+    two short sequences run packed in one row (position_ids restarting at 0, no mask) must give the
+    second the logits it gets alone. transformers' sdpa/eager mask (masking_utils) and flash-attention
+    do this for the families that pass position_ids into their mask; a family that does not mixes
+    the sequences, and its log-probs would be silently wrong. Every rank runs it (ZeRO-3 gathers)."""
+    device = model.get_input_embeddings().weight.device
+    first, second = torch.tensor([[3, 4, 5, 6, 7]], device=device), torch.tensor([[8, 9, 10]], device=device)
+    alone = model(input_ids=second, use_cache=False).logits.float()
+    positions = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2]], device=device)
+    packed = model(input_ids=torch.cat([first, second], dim=1), position_ids=positions, use_cache=False).logits.float()[:, 5:]
+    scale = float(alone.abs().max()) + 1.0
+    tolerance = 1e-4 if alone.dtype == torch.float32 and next(model.parameters()).dtype == torch.float32 else 3e-2
+    if float((packed - alone).abs().max()) > tolerance * scale:
+        family = getattr(model.config, "model_type", type(model).__name__)  # PEFT or DeepSpeed wrappers keep .config
+        raise PackingUnsupported(
+            f"{option}=true: {name_or_path} ({family}, {model.config._attn_implementation} attention) lets packed "
+            f"sequences attend to each other (its mask ignores position_ids); set {option}=false for this model")

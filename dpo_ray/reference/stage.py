@@ -11,7 +11,8 @@ import ray
 import ray.data
 
 from dpo_ray import faults
-from dpo_ray.config import Config
+from dpo_ray.config import Config, ConfigError
+from dpo_ray.config_check import PackingUnsupported, cause_of
 from dpo_ray.config_load import dtype_name
 from dpo_ray.data.rows import column_sums
 from dpo_ray.data.stage import commit_cached, read_cached
@@ -46,7 +47,13 @@ def reference_stage(cfg: Config, pairs: ray.data.Dataset, data_id: DataId) -> tu
         print(f"reference: cache hit ({key})", flush=True)
         return hit[0], RefStats(skipped=False, cache_hit=True, seconds=time.perf_counter() - start,
                                 pad_fraction=hit[1]["pad_fraction"], key=key)
-    scored = score_reference(cfg, pairs).materialize()
+    try:
+        scored = score_reference(cfg, pairs).materialize()
+    except Exception as err:  # a scoring call's error: only a packing refusal is turned into one line
+        refusal = cause_of(err, PackingUnsupported)
+        if refusal is None:
+            raise
+        raise ConfigError(str(refusal).splitlines()[0]) from None  # Ray Data appends its retry note on new lines
     columns = ("ref_pad_tokens", "ref_tokens")
     sums = scored.map_batches(column_sums, fn_kwargs={"columns": columns}, batch_size=None, batch_format="numpy").take_all()
     pads, real = (sum(int(row[c]) for row in sums) for c in columns)
@@ -78,6 +85,7 @@ def score_reference(cfg: Config, pairs: ray.data.Dataset) -> ray.data.Dataset:
             "name_or_path": cfg.model.name_or_path, "revision": cfg.model.revision,
             "dtype": ref.dtype, "use_gpu": ref.num_gpus_per_actor > 0, "trust_remote_code": cfg.model.trust_remote_code,
             "rows_per_forward": ref.rows_per_forward, "length_bucketing": ref.length_bucketing,
+            "batch_tokens": ref.batch_tokens, "padding_free": ref.padding_free,
             "faults": faults.from_env(),  # the test switch (dpo_ray.faults); {} in a user's run
             "num_gpus": plan.num_gpus_per_actor,  # above 1: one model spread over the actor's GPUs
         },

@@ -26,7 +26,8 @@ from transformers import get_scheduler
 from dpo_ray.config import Config
 from dpo_ray.config_load import from_dict
 from dpo_ray.faults import fires_once
-from dpo_ray.modeling import add_lora, load_model, load_model_partitioned, load_tokenizer, model_hidden_size, resolve_dtype
+from dpo_ray.modeling import (add_lora, check_packed_attention, load_model, load_model_partitioned, load_tokenizer,
+                              model_hidden_size, resolve_dtype)
 from dpo_ray.stats import process_start_time
 from dpo_ray.train.checkpoint import RunState, restore, save_checkpoint
 from dpo_ray.train.ds_config import build_ds_config
@@ -151,6 +152,8 @@ def _build_engine(deepspeed: Any, cfg: Config, steps: int, marks: dict[str, floa
                               num_warmup_steps=cfg.train.warmup_steps(steps), num_training_steps=steps)
     engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                    config=ds_config)
+    if cfg.train.padding_free:  # after initialize: ZeRO-3's hooks gather the partitioned weights for it
+        check_packed_attention(engine.module, m.name_or_path, "train.padding_free")
     return engine, scheduler
 
 

@@ -13,9 +13,11 @@ import ray
 import ray.data
 from ray.data.expressions import col
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import WorkerGroupError
 from ray.train.torch import TorchTrainer
 
-from dpo_ray.config import Config
+from dpo_ray.config import Config, ConfigError
+from dpo_ray.config_check import PackingUnsupported
 from dpo_ray.paths import is_remote, join
 from dpo_ray.stats import DataStats
 from dpo_ray.tracking import read_progress
@@ -118,6 +120,11 @@ def fit(trainer: TorchTrainer, cfg: Config, out: Path, total: int) -> Any:
     KeyboardInterrupt comes where that handler is not installed yet."""
     try:
         return trainer.fit()
+    except WorkerGroupError as err:
+        refusal = _packing_refusal(err)
+        if refusal is None:
+            raise
+        raise ConfigError(refusal) from None  # one line, as for any setting that cannot work (pipelines/dpo.py)
     except (KeyboardInterrupt, SystemExit) as err:
         local = not is_remote(cfg.output_dir)  # train.resume_from takes a local or mounted path
         checkpoint = latest_checkpoint(out) if local else None
@@ -125,3 +132,16 @@ def fit(trainer: TorchTrainer, cfg: Config, out: Path, total: int) -> Any:
         # stored its folder: the step reached is the furthest of the two.
         step = max(read_progress(out), checkpoint_step(checkpoint) if checkpoint else 0)
         raise RunInterrupted(interrupted_message(step, total, cfg.output_dir, checkpoint is not None)) from err
+
+
+def _packing_refusal(err: WorkerGroupError) -> str | None:
+    """The message of a worker's PackingUnsupported (train.padding_free on a model whose attention
+    mixes packed sequences; modeling.check_packed_attention), if that is why the workers failed. Ray
+    Train returns each worker's exception wrapped with its traceback text (UserExceptionWithTraceback)."""
+    from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
+
+    for failure in err.worker_failures.values():
+        base = failure._base_exc if isinstance(failure, UserExceptionWithTraceback) else failure  # Ray 2.60's wrapper
+        if isinstance(base, PackingUnsupported):
+            return str(base)
+    return None

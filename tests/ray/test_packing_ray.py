@@ -66,6 +66,7 @@ def test_token_budget_and_packing_follow_the_fixed_trajectory(tiny_model_dir: st
     assert fixed["perf/micro_batches_per_step"] == 2.0 and one["perf/micro_batches_per_step"] != 4.0
     assert one["perf/micro_batch_tokens_max"] <= 160 < fixed["perf/micro_batch_tokens_max"] * 2
     assert two["perf/pad_fraction"] == 0.0 < one["perf/pad_fraction"]
+    assert two["ref/pad_fraction"] == 0.0 < fixed["ref/pad_fraction"]  # the reference pool scored packed
     assert two["perf/batching"].startswith("packed") and fixed["perf/batching"].startswith("padded")
 
 
@@ -80,3 +81,27 @@ def test_packed_zero3_lora_wpo_ld_matches_padded(tiny_model_dir: str, pairs_json
     assert a.keys() == b.keys() and all(b[step] == pytest.approx(loss, abs=1e-4) for step, loss in a.items())
     assert packed["perf/pad_fraction"] == 0.0 and (tmp_path / "packed" / "model").is_dir()
     assert padded["train/loss"] != pytest.approx(padded["initial_eval/loss"], abs=1e-3)
+
+
+@pytest.mark.parametrize("stage", ["train", "reference"])
+def test_a_model_whose_attention_mixes_packed_sequences_is_refused(stage: str, tiny_model_dir: str, pairs_jsonl: str,
+                                                                  tmp_path: Path, shared_caches: Path) -> None:
+    """OPT's mask is built from positions it counts itself, so packed sequences would see each other:
+    padding_free stops with one line naming the model and the setting, and no model is written."""
+    import shutil
+
+    import transformers
+
+    from dpo_ray.config import ConfigError
+
+    opt = tmp_path / "tiny-opt"
+    config = transformers.OPTConfig(vocab_size=320, hidden_size=16, ffn_dim=32, num_hidden_layers=1, num_attention_heads=2,
+                                    word_embed_proj_dim=16, max_position_embeddings=128, pad_token_id=0)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(opt)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (Path(tiny_model_dir) / name).exists():
+            shutil.copy(Path(tiny_model_dir) / name, opt / name)
+    option = f"{stage}.padding_free"
+    with pytest.raises(ConfigError, match=rf"^{option}=true: .*tiny-opt \(opt, sdpa attention\) lets packed sequences") as err:
+        _run(str(opt), pairs_jsonl, tmp_path / "run", tmp_path / "caches", **{option: True, "train.max_steps": 1})
+    assert "\n" not in str(err.value) and not (tmp_path / "run" / "model").exists()

@@ -145,3 +145,45 @@ def test_packed_trajectory_equals_padded(tiny_model_dir: str) -> None:
     assert np.abs(curves[0] - curves[1]).max() < 1e-4
     # the same 4 batches 16 steps later score differently: the check compares a moving trajectory
     assert np.abs(curves[0][-4:] - curves[0][:4]).min() > 0.05
+
+
+def test_packed_reference_scorer_equals_padded(tiny_model_dir: str, pair_rows: list[dict[str, str]]) -> None:
+    from dpo_ray.reference.scorer import ReferenceScorer
+    from test_invariants import tokenized
+
+    batch = tokenized(tiny_model_dir, pair_rows[:12])
+    plain = ReferenceScorer(tiny_model_dir, None, "float32", use_gpu=False)(batch)
+    packed = ReferenceScorer(tiny_model_dir, None, "float32", use_gpu=False, batch_tokens=200, padding_free=True)(batch)
+    for name in ("ref_chosen_logps", "ref_rejected_logps", "ref_chosen_prefix_logps", "ref_rejected_prefix_logps"):
+        assert np.allclose(packed[name], plain[name], rtol=1e-6, atol=1e-5), name
+    assert packed["ref_pad_tokens"].sum() == 0 < plain["ref_pad_tokens"].sum()
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["train.micro_batch_tokens=100", "data.max_length=64"], "below one pair at data.max_length=64"),
+    (["train.micro_batch_tokens=512", "loss.type=[sigmoid,sft]"], "loss.type ['sft'] reads the whole micro-batch"),
+    (["train.micro_batch_tokens=512", "loss.type=aot"], "loss.type ['aot'] reads the whole micro-batch"),
+    (["train.micro_batch_tokens=0"], "train.micro_batch_tokens=0: must be >= 1"),
+    (["reference.batch_tokens=0"], "reference.batch_tokens=0: must be >= 1"),
+    (["train.logps_chunk_size=16", "train.zero_stage=3"], "does not work with ZeRO-3"),
+])
+def test_token_budget_settings_that_cannot_work_are_refused(overrides: list[str], message: str) -> None:
+    from dpo_ray.config import ConfigError
+    from dpo_ray.config_load import load_config
+
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_config(None, overrides)
+    load_config(None, ["train.micro_batch_tokens=256", "train.padding_free=true", "reference.padding_free=true"])
+
+
+def test_the_packing_check_passes_the_families_and_refuses_opt(family_model: str) -> None:
+    import transformers
+
+    from dpo_ray.config_check import PackingUnsupported
+    from dpo_ray.modeling import check_packed_attention
+
+    check_packed_attention(load_model(family_model, dtype=torch.float32).eval(), family_model, "train.padding_free")
+    opt = transformers.OPTConfig(vocab_size=64, hidden_size=16, ffn_dim=32, num_hidden_layers=1, num_attention_heads=2,
+                                 word_embed_proj_dim=16)
+    with pytest.raises(PackingUnsupported, match=r"^train.padding_free=true: tiny \(opt, sdpa attention\)"):
+        check_packed_attention(transformers.AutoModelForCausalLM.from_config(opt).eval(), "tiny", "train.padding_free")
