@@ -21,6 +21,11 @@ Issue 16 adds the setting where dpo_ray is weakest (result key "uniform"): short
 length, so length grouping saves nothing, one worker, and no resource settings (auto, as a user who
 sets nothing runs), against TRL default and precompute. Targets there: >= 1.3x and >= 1.0x.
 `--only-uniform` runs that setting alone and keeps the varying-length arms of the results file.
+
+Issue 20 adds long conversations (result key "long", `--only-long`): prompts of 50-1,500 tokens, length-
+grouped fixed micro-batches against a token budget (train.micro_batch_tokens), padded and packed
+(train.padding_free), and TRL; pairs/s, tokens/s, pad fraction, peak memory per worker and its
+step-to-step variation (train/peak_memory_mib, every step).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import random
 import sys
 from importlib.metadata import version
 from pathlib import Path
@@ -42,9 +48,13 @@ from dpo_ray.modeling import load_model  # noqa: E402
 from dpo_ray.toy import build_tiny_model, make_preference_rows  # noqa: E402
 
 TARGET_DEFAULT, TARGET_PRECOMPUTE = 1.3, 1.1
+LONG_BUDGET = 8192  # token slots per micro-batch in the long setting's budget arms
 UNIFORM_TARGET_DEFAULT, UNIFORM_TARGET_PRECOMPUTE = 1.3, 1.0  # issue 16: uniform short pairs, 1 worker, defaults
 TRL_DEFAULT, TRL_PRECOMPUTE = "TRL default", "TRL precompute_ref_log_probs=True"
 UNGROUPED, ONE_WORKER = "dpo_ray 2 workers, no length grouping", "dpo_ray 1 worker"
+LONG_GROUPED, LONG_BUDGET, LONG_PACKED = ("dpo_ray 2 workers, length-grouped", "dpo_ray 2 workers, token budget",
+                                          "dpo_ray 2 workers, token budget + packed")
+LONG_MEMORY_VARIATION, LONG_TARGET_VS_GROUPED = 0.15, 1.0  # issue 20: a token budget's step peaks, its pairs/s
 
 
 def arm_plan(smoke: bool, has_trl: bool) -> dict[str, list[str]]:
@@ -57,9 +67,11 @@ def arm_plan(smoke: bool, has_trl: bool) -> dict[str, list[str]]:
     on 1 worker), so no scaling ratios, and the uniform setting's TRL arms (the varying setting's on
     other pairs; both settings' ratios are ratios_to_trl)."""
     plan = {"varying": ["dpo_ray 2 workers", UNGROUPED, ONE_WORKER, TRL_DEFAULT, TRL_PRECOMPUTE],
-            "uniform": ["dpo_ray 1 worker, defaults", TRL_DEFAULT, TRL_PRECOMPUTE]}
+            "uniform": ["dpo_ray 1 worker, defaults", TRL_DEFAULT, TRL_PRECOMPUTE],
+            "long": [LONG_GROUPED, LONG_BUDGET, LONG_PACKED, TRL_DEFAULT, TRL_PRECOMPUTE]}
     if smoke:
-        plan = {"varying": [a for a in plan["varying"] if a not in (UNGROUPED, ONE_WORKER)], "uniform": plan["uniform"][:1]}
+        plan = {"varying": [a for a in plan["varying"] if a not in (UNGROUPED, ONE_WORKER)], "uniform": plan["uniform"][:1],
+                "long": [LONG_GROUPED, LONG_PACKED]}
     return {setting: [a for a in arms if has_trl or not a.startswith("TRL")] for setting, arms in plan.items()}
 
 
@@ -79,11 +91,13 @@ def ratios_to_trl(ours: float, by: dict[str, float], targets: tuple[float, float
 
 
 def dpo_ray_arm(workers: int, setup: dict[str, Any], work: Path, group_by_length: bool = True, warm: bool = False,
-                defaults: bool = False) -> dict[str, Any]:
+                defaults: bool = False, label: str | None = None, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """One pipelines/dpo.py run on the shared caches: the first arm fills them (cold), later arms (``warm``) read them.
-    ``defaults``: train.cpus_per_worker and train.zero_stage left to auto, as a user who sets nothing runs."""
+    ``defaults``: train.cpus_per_worker and train.zero_stage left to auto, as a user who sets nothing runs.
+    ``label``: the arm's name and output folder, with ``extra`` overrides (the long setting's arms)."""
     tag = setup.get("tag", "")
     out = work / f"dpo_ray{tag}-w{workers}{'' if group_by_length else '-ungrouped'}{'-defaults' if defaults else ''}"
+    out = out.with_name(f"{out.name}-{label.replace(' ', '-').replace(',', '')}") if label else out
     cache = work / f"dpo_ray{tag}-cache"  # empty for the first arm; the manifests name their files, so it stays put
     launched = run([sys.executable, "pipelines/dpo.py", f"model.name_or_path={setup['model']}", f"data.path={setup['data']}",
                     f"data.max_length={setup['max_length']}", f"data.eval_fraction={setup['eval_fraction']}",
@@ -93,10 +107,11 @@ def dpo_ray_arm(workers: int, setup: dict[str, Any], work: Path, group_by_length
                     f"train.eval_every={setup['steps']}",
                     "train.learning_rate=1e-4", "train.warmup_ratio=0.1", "train.report_to=[]",
                     f"train.group_by_length={str(group_by_length).lower()}",
-                    f"data.cache_dir={cache}/tokenized", f"reference.cache_dir={cache}/reference", f"output_dir={out}"], setup)
+                    f"data.cache_dir={cache}/tokenized", f"reference.cache_dir={cache}/reference", f"output_dir={out}",
+                    *extra], setup)
     m = json.loads((out / "metrics.json").read_text())
     name = f"dpo_ray {workers} worker{'s' if workers > 1 else ''}" + ("" if group_by_length else ", no length grouping")
-    name += ", defaults" if defaults else ""
+    name = label or name + (", defaults" if defaults else "")
     return {"arm": name, "workers": workers, "caches": "warm" if warm else "cold",
             "steady_pairs_per_second": m["perf/steady_pairs_per_second"],
             "steady_tokens_per_second": m["perf/steady_tokens_per_second"],
@@ -104,7 +119,20 @@ def dpo_ray_arm(workers: int, setup: dict[str, Any], work: Path, group_by_length
             "ray_start_seconds": m["perf/ray_start_seconds"], "data_and_reference_seconds": m["perf/prepare_seconds"],
             "reference_seconds": m.get("ref/seconds"), "pad_fraction": m["perf/pad_fraction"],
             "model_state_mib_per_worker": m.get("perf/model_state_mib"), "peak_memory_mib_per_worker": m.get("perf/peak_memory_mib"),
-            "auto": m.get("auto", ""), "eval_loss_final": m["eval/loss"]}
+            "auto": m.get("auto", ""), "eval_loss_final": m["eval/loss"],
+            "micro_batch_tokens_mean": m.get("perf/micro_batch_tokens_mean"), "micro_batch_tokens_max": m.get("perf/micro_batch_tokens_max"),
+            **step_peaks(out)}
+
+
+def step_peaks(out: Path) -> dict[str, Any]:
+    """The per-report peak memory (train/peak_memory_mib; logged every step here) over the steps after
+    the first 2: its smallest and largest, and (max - min) / max, the step-to-step variation."""
+    rows = [json.loads(line) for line in (out / "metrics_history.jsonl").read_text().splitlines()]
+    peaks = [r["train/peak_memory_mib"] for r in rows if "train/peak_memory_mib" in r and r["step"] > 2]
+    if not peaks:
+        return {}
+    return {"step_peak_mib_min": min(peaks), "step_peak_mib_max": max(peaks),
+            "step_peak_variation": (max(peaks) - min(peaks)) / max(peaks)}
 
 
 def uniform_setting(args: argparse.Namespace, work: Path, has_trl: bool) -> dict[str, Any]:
@@ -132,6 +160,59 @@ def uniform_setting(args: argparse.Namespace, work: Path, has_trl: bool) -> dict
             **ratios}
 
 
+def long_rows(n: int, seed: int = 7) -> list[dict[str, str]]:
+    """Quickstart pairs behind a long conversation: 40-1,480 filler words (one token each), so prompts
+    of about 50-1,500 tokens, uniformly spread (issue 20's long-conversation set)."""
+    rng = random.Random(seed)
+    return [{**r, "prompt": " ".join(["please"] * rng.randint(40, 1480)) + " " + r["prompt"]}
+            for r in make_preference_rows(n, seed=seed)]
+
+
+def long_setting(args: argparse.Namespace, work: Path, has_trl: bool) -> dict[str, Any]:
+    """Issue 20's setting: prompts of 50-1,500 tokens, 2 workers x 1 CPU, batch 16 in micro-batches of 4;
+    the token budget arms cut each worker's 8 pairs a step to LONG_BUDGET token slots (padded), or
+    real tokens (packed). Every step's peak memory is logged (train.logging_steps=1)."""
+    steps = 4 if args.smoke else args.long_steps
+    rows = long_rows(int(steps * 16 / 0.95) + 16)
+    hidden, layers = (64, 2) if args.smoke else (128, 2)
+    model_dir = build_tiny_model(work / "long-model", rows, hidden_size=hidden, num_layers=layers, num_heads=2,
+                                 max_positions=2048)
+    data = work / "long-pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    setup = {"model": str(model_dir), "data": str(data), "max_length": 1600, "eval_fraction": 0.05, "steps": steps,
+             "batch_size": 16, "micro_batch_size": 4, "cpus": 2, "tag": "-long", "in_process": args.smoke}
+    every = ("train.logging_steps=1",)
+    budget = (*every, f"train.micro_batch_tokens={LONG_BUDGET}")
+    calls = {LONG_GROUPED: lambda: dpo_ray_arm(2, setup, work, label=LONG_GROUPED, extra=every),
+             LONG_BUDGET: lambda: dpo_ray_arm(2, setup, work, warm=True, label=LONG_BUDGET, extra=budget),
+             LONG_PACKED: lambda: dpo_ray_arm(2, setup, work, warm=True, label=LONG_PACKED,
+                                              extra=(*budget, "train.padding_free=true")),
+             TRL_DEFAULT: lambda: trl_arm(False, setup, work), TRL_PRECOMPUTE: lambda: trl_arm(True, setup, work)}
+    arms = []
+    for name in arm_plan(args.smoke, has_trl)["long"]:
+        arms.append(calls[name]())
+        print(arms[-1], flush=True)
+    by = {a["arm"]: a for a in arms}
+    grouped = by[LONG_GROUPED]["steady_pairs_per_second"]
+    ratios = {f"{key}_vs_grouped": round(by[arm]["steady_pairs_per_second"] / grouped, 3)
+              for key, arm in (("budget", LONG_BUDGET), ("packed", LONG_PACKED)) if arm in by}
+    if LONG_BUDGET in by:
+        ratios["budget_targets_met"] = (by[LONG_BUDGET]["step_peak_variation"] < LONG_MEMORY_VARIATION
+                                        and ratios["budget_vs_grouped"] >= LONG_TARGET_VS_GROUPED)
+    if TRL_DEFAULT in by:
+        ratios.update({f"{key}_vs_trl_{trl}": round(by[arm]["steady_pairs_per_second"] / by[t]["steady_pairs_per_second"], 3)
+                       for key, arm in (("grouped", LONG_GROUPED), ("budget", LONG_BUDGET), ("packed", LONG_PACKED))
+                       for trl, t in (("default", TRL_DEFAULT), ("precompute", TRL_PRECOMPUTE)) if arm in by})
+    params = sum(p.numel() for p in load_model(str(model_dir)).parameters())
+    return {"notes": (f"Llama built from config ({params / 1e6:.2f}M parameters), fp32 on CPU; {len(rows)} pairs whose prompts "
+                      f"hold 50-1,500 tokens (long_rows), max_length 1600; {steps} steps of 16 pairs, micro-batches of 4 "
+                      f"(TRL, length-grouped) or up to {LONG_BUDGET} token slots (train.micro_batch_tokens); 2 workers x 1 CPU, "
+                      "TRL 2 threads. Targets (token budget): step peak memory varies < "
+                      f"{LONG_MEMORY_VARIATION:.0%}, pairs/s >= {LONG_TARGET_VS_GROUPED}x length-grouped; packed: recorded as measured."),
+            "parameters": params, "arms": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in a.items()} for a in arms],
+            **ratios}
+
+
 def trl_arm(precompute: bool, setup: dict[str, Any], work: Path) -> dict[str, Any]:
     out = work / f"trl{setup.get('tag', '')}-{'pre' if precompute else 'default'}.json"
     launched = run([sys.executable, "bench/trl_dpo.py", "--model", setup["model"], "--data", setup["data"],
@@ -145,7 +226,7 @@ def trl_arm(precompute: bool, setup: dict[str, Any], work: Path) -> dict[str, An
     return {"arm": TRL_PRECOMPUTE if precompute else TRL_DEFAULT, "workers": 1,
             "steady_pairs_per_second": m["steady_pairs_per_second"], "steady_tokens_per_second": m["steady_tokens_per_second"],
             "seconds_to_first_step": m["first_step_time"] - launched, "torch_threads": m["torch_threads"],
-            "eval_loss_final": m["eval/loss"]}
+            "eval_loss_final": m["eval/loss"], "peak_memory_mib_per_worker": m.get("peak_memory_mib")}
 
 
 def main() -> None:
@@ -158,6 +239,8 @@ def main() -> None:
     parser.add_argument("--uniform-steps", type=int, default=120, help="steps of the uniform short-pair setting")
     parser.add_argument("--uniform-layers", type=int, default=6, help="layers of its model")
     parser.add_argument("--only-uniform", action="store_true", help="run the uniform setting alone (merged into the results file)")
+    parser.add_argument("--only-long", action="store_true", help="run the long-conversation setting alone (merged likewise)")
+    parser.add_argument("--long-steps", type=int, default=10, help="steps of the long-conversation setting")
     parser.add_argument("--smoke", action="store_true", help="a 2-layer, 64-wide model, 4 steps")
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -166,12 +249,16 @@ def main() -> None:
     work = scratch_dir("bench-throughput-")
     has_trl = importlib.util.find_spec("trl") is not None
     path = args.results_dir / "throughput.json"
-    if args.only_uniform:  # the varying-length arms stay as the last full run measured them
+    if args.only_uniform or args.only_long:  # the other settings stay as the last full run measured them
         result = {k: v for k, v in json.loads(path.read_text()).items() if k != "machine"}
     else:
         result = varying_setting(args, work, has_trl)
-    result["uniform"] = uniform_setting(args, work, has_trl)
-    print(result["uniform"], flush=True)
+    if not args.only_long:
+        result["uniform"] = uniform_setting(args, work, has_trl)
+        print(result["uniform"], flush=True)
+    if not args.only_uniform:
+        result["long"] = long_setting(args, work, has_trl)
+        print(result["long"], flush=True)
     path = write_result("throughput", {**result, **({"trl": version("trl")} if has_trl else {})}, args.results_dir)
     print({k: v for k, v in result.items() if k.startswith(("vs_", "scaling", "memory", "targets"))}, f"wrote {path}")
 

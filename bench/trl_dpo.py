@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import time
 from importlib.metadata import version
@@ -180,6 +181,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         **{f"initial_{k}": v for k, v in initial.items()}, **final,
         "train_seconds": train_seconds, "seconds": time.perf_counter() - started,
         "first_step_time": clock.first_step_time, **clock.steady(args.batch_size, accumulation),
+        "peak_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
     }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result), flush=True)
