@@ -42,6 +42,13 @@ def _targets() -> list[str]:
                   u["vs_trl_default"] >= 1.3),
                  ("issue 16, same setting: >= 1.0x TRL with precomputed reference", f"{u['vs_trl_precompute']:.2f}x",
                   u["vs_trl_precompute"] >= 1.0)]
+    if (t := _load("throughput")) and "budget_vs_grouped" in t.get("long", {}):
+        arms = {a["arm"]: a for a in t["long"]["arms"]}
+        budget = arms["dpo_ray 2 workers, token budget"]
+        rows += [("issue 20, long conversations: token budget's step peak memory varies < 15%",
+                  f"{100 * budget['step_peak_variation']:.1f}%", budget["step_peak_variation"] < 0.15),
+                 ("issue 20, same: token budget pairs/s >= 1.0x length-grouped", f"{t['long']['budget_vs_grouped']:.2f}x",
+                  t["long"]["budget_vs_grouped"] >= 1.0)]
     if m := _load("mfu"):
         rows.append((f"MFU >= 40% ({m['parameters'] / 1e6:.0f}M params, sequence {m['sequence_length']}, {m['precision']})",
                      f"{100 * m['mfu']:.1f}%", m["mfu"] >= 0.4))
@@ -55,7 +62,7 @@ def _targets() -> list[str]:
         rows.append(("`python bench/run_all.py` under 30 minutes", f"{r['total_minutes']} min", r["total_minutes"] < 30))
     if not rows:
         return []
-    return ["## Targets (issues 9, 16 and 19)", "", "| target | measured | met |", "|---|---|---|",
+    return ["## Targets (issues 9, 16, 19 and 20)", "", "| target | measured | met |", "|---|---|---|",
             *[f"| {name} | {value} | {'yes' if met else '**no**'} |" for name, value, met in rows], ""]
 
 

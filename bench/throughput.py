@@ -48,7 +48,7 @@ from dpo_ray.modeling import load_model  # noqa: E402
 from dpo_ray.toy import build_tiny_model, make_preference_rows  # noqa: E402
 
 TARGET_DEFAULT, TARGET_PRECOMPUTE = 1.3, 1.1
-LONG_BUDGET = 8192  # token slots per micro-batch in the long setting's budget arms
+LONG_TOKENS = 8192  # token slots per micro-batch in the long setting's budget arms
 UNIFORM_TARGET_DEFAULT, UNIFORM_TARGET_PRECOMPUTE = 1.3, 1.0  # issue 16: uniform short pairs, 1 worker, defaults
 TRL_DEFAULT, TRL_PRECOMPUTE = "TRL default", "TRL precompute_ref_log_probs=True"
 UNGROUPED, ONE_WORKER = "dpo_ray 2 workers, no length grouping", "dpo_ray 1 worker"
@@ -160,29 +160,29 @@ def uniform_setting(args: argparse.Namespace, work: Path, has_trl: bool) -> dict
             **ratios}
 
 
-def long_rows(n: int, seed: int = 7) -> list[dict[str, str]]:
+def long_rows(n: int, seed: int = 7, longest: int = 1480) -> list[dict[str, str]]:
     """Quickstart pairs behind a long conversation: 40-1,480 filler words (one token each), so prompts
     of about 50-1,500 tokens, uniformly spread (issue 20's long-conversation set)."""
     rng = random.Random(seed)
-    return [{**r, "prompt": " ".join(["please"] * rng.randint(40, 1480)) + " " + r["prompt"]}
+    return [{**r, "prompt": " ".join(["please"] * rng.randint(40, longest)) + " " + r["prompt"]}
             for r in make_preference_rows(n, seed=seed)]
 
 
 def long_setting(args: argparse.Namespace, work: Path, has_trl: bool) -> dict[str, Any]:
     """Issue 20's setting: prompts of 50-1,500 tokens, 2 workers x 1 CPU, batch 16 in micro-batches of 4;
-    the token budget arms cut each worker's 8 pairs a step to LONG_BUDGET token slots (padded), or
+    the token budget arms cut each worker's 8 pairs a step to LONG_TOKENS token slots (padded), or
     real tokens (packed). Every step's peak memory is logged (train.logging_steps=1)."""
     steps = 4 if args.smoke else args.long_steps
-    rows = long_rows(int(steps * 16 / 0.95) + 16)
+    rows = long_rows(int(steps * 16 / 0.95) + 16, longest=300 if args.smoke else 1480)  # smoke: the arms run, shorter
     hidden, layers = (64, 2) if args.smoke else (128, 2)
     model_dir = build_tiny_model(work / "long-model", rows, hidden_size=hidden, num_layers=layers, num_heads=2,
                                  max_positions=2048)
     data = work / "long-pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    setup = {"model": str(model_dir), "data": str(data), "max_length": 1600, "eval_fraction": 0.05, "steps": steps,
+    setup = {"model": str(model_dir), "data": str(data), "max_length": 400 if args.smoke else 1600, "eval_fraction": 0.05, "steps": steps,
              "batch_size": 16, "micro_batch_size": 4, "cpus": 2, "tag": "-long", "in_process": args.smoke}
     every = ("train.logging_steps=1",)
-    budget = (*every, f"train.micro_batch_tokens={LONG_BUDGET}")
+    budget = (*every, f"train.micro_batch_tokens={LONG_TOKENS}")
     calls = {LONG_GROUPED: lambda: dpo_ray_arm(2, setup, work, label=LONG_GROUPED, extra=every),
              LONG_BUDGET: lambda: dpo_ray_arm(2, setup, work, warm=True, label=LONG_BUDGET, extra=budget),
              LONG_PACKED: lambda: dpo_ray_arm(2, setup, work, warm=True, label=LONG_PACKED,
@@ -206,7 +206,7 @@ def long_setting(args: argparse.Namespace, work: Path, has_trl: bool) -> dict[st
     params = sum(p.numel() for p in load_model(str(model_dir)).parameters())
     return {"notes": (f"Llama built from config ({params / 1e6:.2f}M parameters), fp32 on CPU; {len(rows)} pairs whose prompts "
                       f"hold 50-1,500 tokens (long_rows), max_length 1600; {steps} steps of 16 pairs, micro-batches of 4 "
-                      f"(TRL, length-grouped) or up to {LONG_BUDGET} token slots (train.micro_batch_tokens); 2 workers x 1 CPU, "
+                      f"(TRL, length-grouped) or up to {LONG_TOKENS} token slots (train.micro_batch_tokens); 2 workers x 1 CPU, "
                       "TRL 2 threads. Targets (token budget): step peak memory varies < "
                       f"{LONG_MEMORY_VARIATION:.0%}, pairs/s >= {LONG_TARGET_VS_GROUPED}x length-grouped; packed: recorded as measured."),
             "parameters": params, "arms": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in a.items()} for a in arms],

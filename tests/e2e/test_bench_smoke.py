@@ -128,6 +128,10 @@ def test_throughput_bench_smoke(tmp_path: Path) -> None:
         assert "ungrouped_vs_trl_precompute" not in result  # its arm did not run
     else:
         assert "trl_skipped" in result
+    long = {a["arm"]: a for a in result["long"]["arms"]}  # issue 20: long conversations, length-grouped vs packed
+    assert list(long) == plan["long"] and long["dpo_ray 2 workers, token budget + packed"]["pad_fraction"] == 0.0
+    assert long["dpo_ray 2 workers, length-grouped"]["pad_fraction"] > 0 and result["long"]["packed_vs_grouped"] > 0
+    assert all(0 <= a["step_peak_variation"] < 1 and a["micro_batch_tokens_max"] > 0 for a in long.values())
     uniform = result["uniform"]  # issue 16: one worker, no resource settings
     ours = next(a for a in uniform["arms"] if a["arm"] == "dpo_ray 1 worker, defaults")
     cpus = os.cpu_count()  # Ray's CPUs on this one node
@@ -180,11 +184,14 @@ def test_smoke_plans_name_the_full_benches_arms() -> None:
     still runs each arm function (dpo_ray cold and warm, 1 and 2 workers, TRL default and precompute)."""
     throughput, committed = _bench("throughput"), _committed("throughput")
     assert throughput.arm_plan(smoke=False, has_trl=True) == {
-        "varying": [a["arm"] for a in committed["arms"]], "uniform": [a["arm"] for a in committed["uniform"]["arms"]]}
+        "varying": [a["arm"] for a in committed["arms"]], "uniform": [a["arm"] for a in committed["uniform"]["arms"]],
+        "long": [a["arm"] for a in committed["long"]["arms"]]}
+    long_smoke = ["dpo_ray 2 workers, length-grouped", "dpo_ray 2 workers, token budget + packed"]
     assert throughput.arm_plan(smoke=True, has_trl=True) == {
         "varying": ["dpo_ray 2 workers", "TRL default", "TRL precompute_ref_log_probs=True"],
-        "uniform": ["dpo_ray 1 worker, defaults"]}
-    assert throughput.arm_plan(smoke=True, has_trl=False) == {"varying": ["dpo_ray 2 workers"], "uniform": ["dpo_ray 1 worker, defaults"]}
+        "uniform": ["dpo_ray 1 worker, defaults"], "long": long_smoke}
+    assert throughput.arm_plan(smoke=True, has_trl=False) == {"varying": ["dpo_ray 2 workers"], "uniform": ["dpo_ray 1 worker, defaults"],
+                                                              "long": long_smoke}
     sweep, committed = _bench("sweep").arm_configs, _committed("sweep")
     assert {arm: sorted(c) for arm, c in sweep(smoke=False).items()} == {
         arm: sorted((r["beta"], r["learning_rate"]) for r in committed["runs"] if r["arm"] == arm) for arm in ("sweep", "separate", "trl")}
