@@ -75,6 +75,15 @@ def arm_plan(smoke: bool, has_trl: bool) -> dict[str, list[str]]:
     return {setting: [a for a in arms if has_trl or not a.startswith("TRL")] for setting, arms in plan.items()}
 
 
+def run_arms(calls: dict[str, Any], names: list[str]) -> list[dict[str, Any]]:
+    """Each named arm's call in plan order, its result printed as it lands."""
+    arms = []
+    for name in names:
+        arms.append(calls[name]())
+        print(arms[-1], flush=True)
+    return arms
+
+
 def run(cmd: list[str], setup: dict[str, Any]) -> float:
     """Run ``cmd`` in the repo root with a fresh local Ray (in this process under --smoke); the Unix time it was launched."""
     return run_in_repo(cmd, in_process=setup["in_process"])[0]
@@ -188,10 +197,7 @@ def long_setting(args: argparse.Namespace, work: Path, has_trl: bool) -> dict[st
              LONG_PACKED: lambda: dpo_ray_arm(2, setup, work, warm=True, label=LONG_PACKED,
                                               extra=(*budget, "train.padding_free=true")),
              TRL_DEFAULT: lambda: trl_arm(False, setup, work), TRL_PRECOMPUTE: lambda: trl_arm(True, setup, work)}
-    arms = []
-    for name in arm_plan(args.smoke, has_trl)["long"]:
-        arms.append(calls[name]())
-        print(arms[-1], flush=True)
+    arms = run_arms(calls, arm_plan(args.smoke, has_trl)["long"])
     by = {a["arm"]: a for a in arms}
     grouped = by[LONG_GROUPED]["steady_pairs_per_second"]
     ratios = {f"{key}_vs_grouped": round(by[arm]["steady_pairs_per_second"] / grouped, 3)
@@ -278,10 +284,7 @@ def varying_setting(args: argparse.Namespace, work: Path, has_trl: bool) -> dict
              UNGROUPED: lambda: dpo_ray_arm(2, setup, work, group_by_length=False, warm=True),
              ONE_WORKER: lambda: dpo_ray_arm(1, setup, work, warm=True),
              TRL_DEFAULT: lambda: trl_arm(False, setup, work), TRL_PRECOMPUTE: lambda: trl_arm(True, setup, work)}
-    arms = []
-    for name in arm_plan(args.smoke, has_trl)["varying"]:
-        arms.append(calls[name]())
-        print(arms[-1], flush=True)
+    arms = run_arms(calls, arm_plan(args.smoke, has_trl)["varying"])
     by = {a["arm"]: a for a in arms}
     ours = by["dpo_ray 2 workers"]["steady_pairs_per_second"]
     ratios: dict[str, Any] = {}
