@@ -11,6 +11,7 @@ from typing import Any, Literal
 import yaml
 
 from dpo_ray.config_check import ConfigError as ConfigError, require as require
+from dpo_ray.config_online import OnlineConfig
 from dpo_ray.config_loss import (BATCH_WIDE_LOSSES as BATCH_WIDE_LOSSES, F_DIVERGENCE_LOSSES as F_DIVERGENCE_LOSSES,
                                  LABEL_SMOOTHING_LOSSES as LABEL_SMOOTHING_LOSSES, LOSS_TYPES as LOSS_TYPES,
                                  NO_WPO_LOSSES as NO_WPO_LOSSES, REFERENCE_FREE as REFERENCE_FREE,
@@ -148,6 +149,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ReferenceConfig:
+    name_or_path: str | None = None
+    """The reference model when it is not the policy's starting point (iterative DPO's initial model):
+    a local dir or hub id with the policy's tokenizer; null: model.name_or_path, frozen."""
     min_actors: int = 1
     """Smallest size of the reference scoring actor pool."""
     max_actors: int = 1
@@ -320,7 +324,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
-    """The policy model (the reference is its frozen copy): where it loads from, dtype, LoRA."""
+    """The policy model (the reference is its frozen copy unless reference.name_or_path): where it loads from, dtype, LoRA."""
     data: DataConfig = field(default_factory=DataConfig)
     """Preference pairs: where they are read from, their layout, tokenization and the eval split."""
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
@@ -333,6 +337,8 @@ class Config:
     """Where model/, metrics.json, config.yaml and Ray's run files go."""
     overwrite_output_dir: bool = False
     """Replace the results of an earlier run in output_dir; without it such a run stops at once."""
+    online: OnlineConfig = field(default_factory=OnlineConfig)
+    """Iterative DPO rounds (pipelines/online_dpo.py only; README: Iterative DPO)."""
 
     def __post_init__(self) -> None:
         tokens, mixed = self.train.micro_batch_tokens, sorted(set(self.loss.type) & BATCH_WIDE_LOSSES)
@@ -343,6 +349,12 @@ class Config:
             (tokens is None or not mixed, f"train.micro_batch_tokens: loss.type {mixed} reads the whole micro-batch "
              "(a sort or a token mean across its pairs), so a token budget would change its value; use micro_batch_size"),
         )
+
+    def reference_model(self) -> tuple[str, str | None]:
+        """The reference model's (name_or_path, revision): reference.name_or_path, else the policy's."""
+        if self.reference.name_or_path is None:
+            return self.model.name_or_path, self.model.revision
+        return self.reference.name_or_path, None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -79,9 +79,14 @@ def resolve_paths(config: Config) -> Config:
         model_path = str(Path(model_path).resolve())
     sources = [dataclasses.replace(s, path=local(s.path)) for s in config.data.sources]
     output_dir = config.output_dir if is_remote(config.output_dir) else os.path.abspath(config.output_dir)
+    ref_path = config.reference.name_or_path
+    online = config.online
     return dataclasses.replace(
         config,
         model=dataclasses.replace(config.model, name_or_path=model_path),
+        reference=dataclasses.replace(config.reference, name_or_path=None if ref_path is None else local(ref_path)),
+        online=dataclasses.replace(online, prompts=local(online.prompts),
+                                   judge=local(online.judge) if os.path.exists(online.judge) else online.judge),
         data=dataclasses.replace(config.data, path=local(config.data.path), sources=sources),
         output_dir=output_dir,
     )

@@ -69,3 +69,23 @@ def plot_sweep(rows: list[dict[str, Any]], keys: list[str], metric: str, path: P
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_rounds(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Iterative DPO by round: the held-out mean judge score and the win rate against the initial model."""
+    rounds = [r["round"] for r in rows]
+    fig, (score_ax, win_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
+    score_ax.plot(rounds, [r["heldout_mean_score"] for r in rows], "o-")
+    score_ax.set_title("held-out mean judge score")
+    win_ax.plot(rounds, [r["win_rate_vs_initial"] for r in rows], "o-")
+    win_ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
+    win_ax.set_title("win rate vs the initial model")
+    win_ax.set_ylim(0, 1)
+    for ax in (score_ax, win_ax):
+        ax.set_xlabel("round")
+        ax.set_xticks(rounds)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -57,6 +57,8 @@ def preflight(cfg: Config, *, writes_model: bool = True) -> None:
         if source_kind(path) == "files":
             expand_paths(path, where=where)
     check_model(cfg.model.name_or_path, cfg.model.revision, cfg.model.trust_remote_code)
+    if cfg.reference.name_or_path is not None and not cfg.loss.reference_free():
+        check_model(cfg.reference.name_or_path, None, cfg.model.trust_remote_code, key="reference.name_or_path")
     check_spread_support(cfg.reference.num_gpus_per_actor, reference_free=cfg.loss.reference_free())
     check_trackers(cfg.train.report_to)
 
@@ -90,17 +92,19 @@ def preflight_sweep(base: Config, settings: TuneSettings) -> None:
                     raise type(err)(f"tune.search_space.{key}: value {value!r}: {err}") from None
 
 
-def check_model(name_or_path: str, revision: str | None, trust_remote_code: bool = False) -> None:
-    """A local model directory, or a hub id, that from_pretrained can load (see module docstring)."""
+def check_model(name_or_path: str, revision: str | None, trust_remote_code: bool = False, *,
+                key: str = "model.name_or_path") -> None:
+    """A local model directory, or a hub id, that from_pretrained can load (see module docstring);
+    errors name ``key`` (the config key that gave the path)."""
     path = Path(name_or_path).expanduser()
     if path.exists() or not looks_like_hub_id(name_or_path):
-        check_model_dir(name_or_path, path, trust_remote_code)
+        check_model_dir(name_or_path, path, trust_remote_code, key=key)
     else:
-        _check_hub_model(name_or_path, revision, trust_remote_code)
+        _check_hub_model(name_or_path, revision, trust_remote_code, key=key)
 
 
-def check_model_dir(name: str, path: Path, trust_remote_code: bool = False) -> None:
-    key = f"model.name_or_path={name}"
+def check_model_dir(name: str, path: Path, trust_remote_code: bool = False, *, key: str = "model.name_or_path") -> None:
+    key = f"{key}={name}"
     if not path.exists():
         where = "" if path.is_absolute() else f" (relative to {os.getcwd()})"
         raise ConfigError(f"{key}: no such directory{where}; point it to a directory saved with save_pretrained, or a hub id (org/name)")
@@ -202,7 +206,7 @@ def _check_eos_by_loading(key: str, name_or_path: str, trust_remote_code: bool) 
                           "it where there is no pad token): set eos_token in tokenizer_config.json")
 
 
-def _check_hub_model(name: str, revision: str | None, trust_remote_code: bool) -> None:
+def _check_hub_model(name: str, revision: str | None, trust_remote_code: bool, *, key: str = "model.name_or_path") -> None:
     """Offline (HF_HUB_OFFLINE): the cached snapshot, checked as a local directory. Online: the
     repo and revision resolve (config.json, a few hundred bytes, lands in the hub cache)."""
     from huggingface_hub import constants, hf_hub_download, snapshot_download
@@ -214,20 +218,20 @@ def _check_hub_model(name: str, revision: str | None, trust_remote_code: bool) -
         RevisionNotFoundError,
     )
 
-    key, rev = f"model.name_or_path={name}", revision or "main"
+    field_key, key, rev = key, f"{key}={name}", revision or "main"
     if constants.HF_HUB_OFFLINE:
         try:
             snapshot = snapshot_download(name, revision=revision, local_files_only=True)
         except LocalEntryNotFoundError as err:
             raise ConfigError(f"{key}: HF_HUB_OFFLINE is set and {name}@{rev} is not in the hub cache ({constants.HF_HUB_CACHE}); "
-                              f"download it once online (hf download {name}) or point model.name_or_path to a local directory") from err
-        check_model_dir(name, Path(snapshot), trust_remote_code)
+                              f"download it once online (hf download {name}) or point {field_key} to a local directory") from err
+        check_model_dir(name, Path(snapshot), trust_remote_code, key=field_key)
         return
     try:
         hf_hub_download(name, "config.json", revision=revision)
     except LocalEntryNotFoundError as err:
         raise ConfigError(f"{key}: the hub cannot be reached and {name}@{rev} is not cached; check the network, "
-                          "or point model.name_or_path to a local directory") from err
+                          f"or point {field_key} to a local directory") from err
     except RepositoryNotFoundError as err:
         raise ConfigError(f"{key}: no such model on the hub, or it is private or gated; check the id, or set HF_TOKEN") from err
     except RevisionNotFoundError as err:

@@ -113,3 +113,47 @@ def build_tiny_model(
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def make_prompts(n: int, seed: int = 0) -> list[str]:
+    """``n`` review requests in the preference rows' format (the online example's prompts)."""
+    return [row["prompt"] for row in make_preference_rows(n, seed=seed)]
+
+
+def sft_tiny_model(model_dir: str | Path, rows: list[dict[str, str]], out_dir: str | Path, *, steps: int = 300,
+                   batch_size: int = 32, learning_rate: float = 3e-3, seed: int = 0) -> Path:
+    """Supervised warm start for the online example: the model learns to write a review of the asked
+    item after the prompt, with either sentiment equally often (the chosen or the rejected text at
+    random), so its samples are reviews a judge can score and the asked sentiment is left to DPO."""
+    import torch
+
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(model_dir))
+    model = LlamaForCausalLM.from_pretrained(str(model_dir))
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    examples = []
+    for row in rows:
+        prompt = tokenizer(row["prompt"])["input_ids"]
+        reply = tokenizer(rng.choice((row["chosen"], row["rejected"])), add_special_tokens=False)["input_ids"]
+        examples.append((prompt + reply + [tokenizer.eos_token_id], len(prompt)))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
+    model.train()
+    for _ in range(steps):
+        batch = rng.sample(examples, batch_size)
+        width = max(len(ids) for ids, _ in batch)
+        input_ids = torch.full((batch_size, width), tokenizer.pad_token_id)
+        labels = torch.full((batch_size, width), -100)
+        mask = torch.zeros((batch_size, width), dtype=torch.long)
+        for i, (ids, prompt_len) in enumerate(batch):
+            input_ids[i, :len(ids)] = torch.tensor(ids)
+            labels[i, prompt_len:len(ids)] = torch.tensor(ids[prompt_len:])
+            mask[i, :len(ids)] = 1
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    out = Path(out_dir)
+    model.eval()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

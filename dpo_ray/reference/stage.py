@@ -26,7 +26,7 @@ def reference_key(cfg: Config, data_id: DataId) -> tuple[str, dict[str, Any]]:
     """The cache key: model and tokenizer identity, tokenized data, dtype, length settings."""
     ref, d = cfg.reference, cfg.data
     parts = {
-        "model": model_identity(cfg.model.name_or_path, cfg.model.revision),
+        "model": model_identity(*cfg.reference_model()),
         "data": data_id.key(),
         "rows": data_id.rows,
         "dtype": dtype_name(ref.dtype, on_gpu=ref.num_gpus_per_actor > 0),
@@ -34,6 +34,19 @@ def reference_key(cfg: Config, data_id: DataId) -> tuple[str, dict[str, Any]]:
         "tokenize": {"version": TOKENIZE_VERSION, "jointly": d.tokenize_jointly},
     }
     return cache_key(parts), parts
+
+
+def check_reference_tokenizer(cfg: Config) -> None:
+    """A reference.name_or_path must read the policy's token ids as the policy does: the same vocabulary."""
+    if cfg.reference.name_or_path is None:
+        return
+    from dpo_ray.modeling import load_tokenizer
+
+    policy = load_tokenizer(cfg.model.name_or_path, cfg.model.revision, cfg.model.trust_remote_code)
+    reference = load_tokenizer(cfg.reference.name_or_path, None, cfg.model.trust_remote_code)
+    if policy.get_vocab() != reference.get_vocab():
+        raise ConfigError(f"reference.name_or_path={cfg.reference.name_or_path}: its tokenizer's vocabulary differs from "
+                          f"model.name_or_path={cfg.model.name_or_path}'s; the reference must share the policy's tokenizer")
 
 
 def reference_stage(cfg: Config, pairs: ray.data.Dataset, data_id: DataId) -> tuple[ray.data.Dataset, RefStats]:
@@ -47,6 +60,7 @@ def reference_stage(cfg: Config, pairs: ray.data.Dataset, data_id: DataId) -> tu
         print(f"reference: cache hit ({key})", flush=True)
         return hit[0], RefStats(skipped=False, cache_hit=True, seconds=time.perf_counter() - start,
                                 pad_fraction=hit[1]["pad_fraction"], key=key)
+    check_reference_tokenizer(cfg)
     try:
         scored = score_reference(cfg, pairs).materialize()
     except Exception as err:  # a scoring call's error: only a packing refusal is turned into one line
@@ -82,7 +96,7 @@ def score_reference(cfg: Config, pairs: ray.data.Dataset) -> ray.data.Dataset:
     return pairs.repartition(blocks).map_batches(
         ReferenceScorer,
         fn_constructor_kwargs={
-            "name_or_path": cfg.model.name_or_path, "revision": cfg.model.revision,
+            "name_or_path": cfg.reference_model()[0], "revision": cfg.reference_model()[1],
             "dtype": ref.dtype, "use_gpu": ref.num_gpus_per_actor > 0, "trust_remote_code": cfg.model.trust_remote_code,
             "rows_per_forward": ref.rows_per_forward, "length_bucketing": ref.length_bucketing,
             "batch_tokens": ref.batch_tokens, "padding_free": ref.padding_free,

@@ -47,7 +47,8 @@ def test_every_field_has_a_doc_and_is_in_the_help(root: type, prefix: str) -> No
 def test_sections_in_order_with_type_default_and_doc() -> None:
     groups = sections(Config)
     assert [title for title, _, _ in groups] == [
-        "model", "model.lora", "data", "data.columns", "data.sources[]", "reference", "loss", "train", "top level"]
+        "model", "model.lora", "data", "data.columns", "data.sources[]", "reference", "loss", "train", "online", "online.generation",
+        "top level"]
     keys = {k.key: k for _, _, ks in groups for k in ks}
     assert keys["loss.beta"].type == "float" and keys["loss.beta"].default == "0.1"
     assert keys["loss.beta"].doc == "Inverse temperature of the implicit reward beta * log(pi / pi_ref)."

@@ -25,7 +25,7 @@ PKG = REPO / "dpo_ray"
 # Relative to dpo_ray/; fnmatch's * spans folders, so */stage.py is any stage's one Ray module.
 # console.py starts Ray with the quiet settings (ray.init, its loggers): run.py and tune/driver.py share it.
 RAY_MODULES = ("*/stage.py", "train/loop.py", "train/checkpoint.py", "train/trainer.py", "tune/driver.py", "run.py",
-               "tracking.py", "console.py")
+               "tracking.py", "console.py", "online/rounds.py")
 MAX_FILE_LINES = 400
 MAX_FUNCTION_LINES = 80
 LONG_FUNCTIONS = {("train/loop.py", "train_loop_per_worker")}  # the per-worker loop, read as named steps

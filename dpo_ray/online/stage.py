@@ -1,0 +1,80 @@
+"""The generation and judging stages on Ray Data actor pools (orchestration ring).
+
+Each returns plain rows for the driver to write as a round's JSONL: a round's prompts are thousands
+to a few hundred thousand short rows, which the driver holds easily. Resources come from
+``online.generation.*`` / ``online.judge_*``; the pools are gone before the round's training starts.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import ray
+import ray.data
+
+from dpo_ray.config import Config
+from dpo_ray.config_check import cause_of
+from dpo_ray.online.generate import GenerateRows, sample_seed
+from dpo_ray.online.judges import JudgeError, JudgeRows
+
+
+class OnlineError(ValueError):
+    """A round cannot go on (every response empty, no pair to train on, a judge's bad score)."""
+
+
+def prompt_key(prompt: str | list[dict[str, str]]) -> str:
+    """The prompt as one JSON string: a row's key in every round file (text or messages alike)."""
+    return json.dumps(prompt, ensure_ascii=False, sort_keys=True)
+
+
+def generate(cfg: Config, policy: str, prompts: list[str], *, round_index: int, purpose: str, n: int) -> list[dict[str, Any]]:
+    """``n`` sampled responses per prompt (JSON keys) from ``policy``: rows {prompt, sample, response, tokens}."""
+    gen = cfg.online.generation
+    seeds = [sample_seed(gen.seed, round_index, p, purpose) for p in prompts]
+    items = ray.data.from_items([{"prompt": p, "seed": s} for p, s in zip(prompts, seeds)])
+    blocks = max(2 * gen.actors, min(len(prompts) // gen.batch_size, 8 * gen.actors), 1)
+    ds = items.repartition(blocks).map_batches(
+        GenerateRows,
+        fn_constructor_kwargs={
+            "name_or_path": policy, "generator": gen.generator, "n": n, "use_gpu": gen.num_gpus_per_actor > 0,
+            "dtype": cfg.model.dtype, "trust_remote_code": cfg.model.trust_remote_code,
+            "max_prompt_length": cfg.data.max_prompt_length, "truncation_mode": cfg.data.truncation_mode,
+            "settings": {"max_new_tokens": gen.max_new_tokens, "temperature": gen.temperature, "top_p": gen.top_p},
+        },
+        compute=ray.data.ActorPoolStrategy(size=gen.actors),
+        num_gpus=gen.num_gpus_per_actor,
+        batch_size=gen.batch_size,
+        batch_format="numpy",
+    )
+    rows = [{k: _plain(v) for k, v in row.items()} for row in ds.take_all()]
+    return sorted(rows, key=lambda r: (r["prompt"], r["sample"]))  # a stable file, whatever the block order
+
+
+def judge(cfg: Config, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows {prompt, sample, response, ...} with ``score`` added by the judge actor pool."""
+    on = cfg.online
+    blocks = max(2 * on.judge_actors, min(len(rows) // on.judge_batch_size, 8 * on.judge_actors), 1)
+    ds = ray.data.from_items(rows).repartition(blocks).map_batches(
+        JudgeRows,
+        fn_constructor_kwargs={"spec": on.judge, "use_gpu": on.judge_num_gpus_per_actor > 0},
+        compute=ray.data.ActorPoolStrategy(size=on.judge_actors),
+        num_gpus=on.judge_num_gpus_per_actor,
+        batch_size=on.judge_batch_size,
+        batch_format="numpy",
+    )
+    try:
+        scored = ds.take_all()
+    except Exception as err:  # a judge's bad return value is one line; anything else is a bug to show whole
+        bad = cause_of(err, JudgeError)
+        if bad is None:
+            raise
+        raise OnlineError(str(bad).splitlines()[0]) from None
+    out = [{k: _plain(v) for k, v in row.items()} for row in scored]
+    return sorted(out, key=lambda r: (r["prompt"], r["sample"]))
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars to Python ones (JSON)."""
+    return value.item() if isinstance(value, np.generic) else value

@@ -1,0 +1,38 @@
+"""A vLLM generator for the online rounds on GPU (worker ring; the optional ``vllm`` package).
+
+Set ``online.generation.generator=dpo_ray.online.vllm_generator:VLLMGenerator`` and
+``online.generation.num_gpus_per_actor=1``. It keeps GenerateRows's contract: completion ids per
+prompt, ``n`` per prompt, each prompt's draws from its own seed (vLLM's per-request seed), ending
+before EOS. Not run in this repository's CI (no GPU, no vllm wheel for CPU).
+"""
+
+from __future__ import annotations
+
+from dpo_ray.config_check import ConfigError
+
+Ids = list[int]
+
+
+class VLLMGenerator:
+    def __init__(self, name_or_path: str, *, use_gpu: bool, dtype: str, trust_remote_code: bool, max_new_tokens: int,
+                 temperature: float, top_p: float) -> None:
+        try:
+            from vllm import LLM, SamplingParams
+        except ImportError as err:
+            raise ConfigError("online.generation.generator=...VLLMGenerator needs vllm (pip install vllm) on the "
+                              "generator's nodes; or use dpo_ray.online.generate:TransformersGenerator") from err
+        if not use_gpu:
+            raise ConfigError("online.generation.generator=...VLLMGenerator runs on a GPU: set "
+                              "online.generation.num_gpus_per_actor=1")
+        self.params = SamplingParams
+        self.settings = {"temperature": temperature, "top_p": top_p, "max_tokens": max_new_tokens}
+        self.llm = LLM(model=name_or_path, dtype="auto" if dtype == "auto" else dtype, trust_remote_code=trust_remote_code)
+        self.eos_id = self.llm.get_tokenizer().eos_token_id
+
+    def sample(self, prompt_ids: list[Ids], seeds: list[int], n: int) -> list[list[Ids]]:
+        params = [self.params(n=n, seed=seed, **self.settings) for seed in seeds]
+        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
+        return [[self.until_eos(list(c.token_ids)) for c in out.outputs] for out in outputs]
+
+    def until_eos(self, ids: Ids) -> Ids:
+        return ids[:ids.index(self.eos_id)] if self.eos_id in ids else ids

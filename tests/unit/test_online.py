@@ -1,0 +1,104 @@
+"""Iterative DPO's pure parts: pairing rules on hand-made scores, the judge by import path and its
+checks, prompt reading, seeds and the generator's reproducibility (no Ray)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from dpo_ray.config_check import ConfigError
+from dpo_ray.data.parse import DataError
+from dpo_ray.online.generate import GenerateRows, sample_seed
+from dpo_ray.online.judges import JudgeError, check_scores, import_callable, is_import_path, sentiment_match
+from dpo_ray.online.pairing import build_pairs, pairs_for_group
+from dpo_ray.online.prompts import read_prompts
+from dpo_ray.config_online import OnlineConfig
+
+pytestmark = pytest.mark.unit
+ASSETS = Path(__file__).resolve().parents[2] / "pipelines" / "assets"
+
+
+def test_best_vs_worst_picks_the_extremes_and_breaks_ties_by_index() -> None:
+    assert pairs_for_group(["a", "b", "c", "d"], [0.5, 2.0, -1.0, 2.0], "best_vs_worst", 0.0) == ([(1, 2)], "")
+    assert pairs_for_group(["a", "b"], [1.0, 1.0], "best_vs_worst", 0.0) == ([], "tie")
+    assert pairs_for_group(["a", "b"], [1.0, 1.2], "best_vs_worst", 0.5) == ([], "below_margin")
+
+
+def test_margin_rule_makes_every_pair_above_the_margin() -> None:
+    found, why = pairs_for_group(["a", "b", "c"], [0.0, 1.0, 3.0], "margin", 1.5)
+    assert sorted(found) == [(2, 0), (2, 1)] and why == ""
+
+
+def test_build_pairs_counts_ties_and_keeps_the_scores() -> None:
+    groups = [{"prompt": "p1", "responses": ["x", "y"], "scores": [1, 0]},
+              {"prompt": "p2", "responses": ["x", "y"], "scores": [2, 2]},
+              {"prompt": [{"role": "user", "content": "hi"}], "responses": ["u", "v"], "scores": [0, 3]}]
+    rows, stats = build_pairs(groups, "best_vs_worst", 0.0)
+    assert (stats.groups, stats.pairs, stats.ties) == (3, 2, 1)
+    assert rows[0] == {"prompt": "p1", "chosen": "x", "rejected": "y", "chosen_score": 1.0, "rejected_score": 0.0}
+    assert rows[1]["chosen"] == [{"role": "assistant", "content": "v"}]  # a conversational prompt's completion
+
+
+def test_the_same_text_scored_twice_differently_is_no_pair() -> None:
+    rows, stats = build_pairs([{"prompt": "p", "responses": ["x", "x"], "scores": [1, 0]}], "best_vs_worst", 0.0)
+    assert rows == [] and stats.duplicate_responses == 1
+
+
+def test_the_shipped_judge_scores_the_asked_sentiment() -> None:
+    prompts = ["Ana asks for a positive review of the lamp.", "Ben asks for a negative review of the tent."]
+    assert sentiment_match(prompts, [" The lamp is wonderful.", " The tent is wonderful, really great."]) == [1.0, -2.0]
+
+
+def test_judge_by_import_path_and_its_errors() -> None:
+    assert is_import_path("dpo_ray.online.judges:sentiment_match")
+    assert import_callable("dpo_ray.online.judges:sentiment_match", "online.judge") is sentiment_match
+    with pytest.raises(ConfigError, match="online.judge=nope.mod:f: cannot import module 'nope.mod'"):
+        import_callable("nope.mod:f", "online.judge")
+    with pytest.raises(ConfigError, match="has no callable 'missing'"):
+        import_callable("dpo_ray.online.judges:missing", "online.judge")
+
+
+def test_scores_must_be_finite_and_one_per_row() -> None:
+    assert check_scores([1, 2.5], 2, "j") == [1.0, 2.5]
+    with pytest.raises(JudgeError, match="non-finite score"):
+        check_scores([1.0, math.nan], 2, "j")
+    with pytest.raises(JudgeError, match="1 scores for 2 rows"):
+        check_scores([1.0], 2, "j")
+
+
+def test_prompts_are_read_once_each_and_a_bad_row_is_named(tmp_path: Path) -> None:
+    good = tmp_path / "p.jsonl"
+    good.write_text('{"prompt": "a"}\n{"prompt": "a"}\n{"prompt": [{"role": "user", "content": "b"}]}\n')
+    assert read_prompts(OnlineConfig(prompts=str(good))) == ["a", [{"role": "user", "content": "b"}]]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a"}\n{"text": "b"}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl: line 2: no 'prompt' field"):
+        read_prompts(OnlineConfig(prompts=str(bad)))
+    empty = tmp_path / "e.jsonl"
+    empty.write_text('{"prompt": "  "}\n')
+    with pytest.raises(DataError, match="e.jsonl: line 1: the prompt is str"):
+        read_prompts(OnlineConfig(prompts=str(empty)))
+
+
+def test_a_prompts_seed_depends_on_its_text_round_and_purpose_only() -> None:
+    seed = sample_seed(0, 1, '"a"', "train")
+    assert seed == sample_seed(0, 1, '"a"', "train")
+    assert len({seed, sample_seed(0, 2, '"a"', "train"), sample_seed(0, 1, '"b"', "train"),
+                sample_seed(0, 1, '"a"', "heldout"), sample_seed(1, 1, '"a"', "train")}) == 5
+
+
+def test_generated_samples_are_reproducible_for_a_seed_whatever_the_batch() -> None:
+    import numpy as np
+
+    gen = GenerateRows(str(ASSETS / "tiny-llama-sft"), generator="dpo_ray.online.generate:TransformersGenerator", n=3,
+                       use_gpu=False, dtype="float32", trust_remote_code=False, max_prompt_length=None,
+                       truncation_mode="keep_end", settings={"max_new_tokens": 12, "temperature": 1.0, "top_p": 1.0})
+    prompts = [json.dumps(p) for p in ("Ana asks for a positive review of the lamp.", "Ben asks for a negative review of the tent.")]
+    both = gen({"prompt": np.asarray(prompts), "seed": np.asarray([7, 8])})
+    alone = gen({"prompt": np.asarray(prompts[1:]), "seed": np.asarray([8])})
+    assert list(both["response"][3:]) == list(alone["response"]) and len(both["response"]) == 6
+    other = gen({"prompt": np.asarray(prompts[1:]), "seed": np.asarray([9])})
+    assert list(other["response"]) != list(alone["response"])
