@@ -48,8 +48,7 @@ def generate(cfg: Config, policy: str, prompts: list[str], *, round_index: int, 
         batch_size=gen.batch_size,
         batch_format="numpy",
     )
-    rows = [{k: _plain(v) for k, v in row.items()} for row in ds.take_all()]
-    return sorted(rows, key=lambda r: (r["prompt"], r["sample"]))  # a stable file, whatever the block order
+    return _sorted_rows(ds.take_all())
 
 
 def judge(cfg: Config, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -71,10 +70,11 @@ def judge(cfg: Config, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if bad is None:
             raise
         raise OnlineError(str(bad).splitlines()[0]) from None
-    out = [{k: _plain(v) for k, v in row.items()} for row in scored]
-    return sorted(out, key=lambda r: (r["prompt"], r["sample"]))
+    return _sorted_rows(scored)
 
 
-def _plain(value: Any) -> Any:
-    """numpy scalars to Python ones (JSON)."""
-    return value.item() if isinstance(value, np.generic) else value
+def _sorted_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Plain Python values (numpy scalars made JSON-able), in (prompt, sample) order: a stable file,
+    whatever the block order."""
+    plain = [{k: v.item() if isinstance(v, np.generic) else v for k, v in row.items()} for row in rows]
+    return sorted(plain, key=lambda r: (r["prompt"], r["sample"]))
