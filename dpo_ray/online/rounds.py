@@ -156,8 +156,8 @@ def round_row(r: int, scored: list[dict[str, Any]], baseline: list[dict[str, Any
     return {"round": r, "heldout_mean_score": sum(s["score"] for s in scored) / len(scored),
             "win_rate_vs_initial": sum(wins) / len(wins), "pairs": counts.get("pairs", 0),
             "skipped_ties": counts.get("skipped_ties", 0), "skipped_below_margin": counts.get("skipped_below_margin", 0),
-            "empty_responses": counts.get("empty_responses", 0), "train_loss": summary.get("final/train/loss"),
-            "train_reward_accuracy": summary.get("final/train/rewards/accuracies"), "seconds": round(seconds, 1)}
+            "empty_responses": counts.get("empty_responses", 0), "train_loss": summary.get("train/loss"),
+            "train_reward_accuracy": summary.get("train/rewards/accuracies"), "seconds": round(seconds, 1)}
 
 
 def stage(path: Path, compute: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
