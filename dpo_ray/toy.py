@@ -121,10 +121,13 @@ def make_prompts(n: int, seed: int = 0) -> list[str]:
 
 
 def sft_tiny_model(model_dir: str | Path, rows: list[dict[str, str]], out_dir: str | Path, *, steps: int = 300,
-                   batch_size: int = 32, learning_rate: float = 3e-3, seed: int = 0) -> Path:
+                   batch_size: int = 32, learning_rate: float = 3e-3, follow: float = 0.5, seed: int = 0) -> Path:
     """Supervised warm start for the online example: the model learns to write a review of the asked
-    item after the prompt, with either sentiment equally often (the chosen or the rejected text at
-    random), so its samples are reviews a judge can score and the asked sentiment is left to DPO."""
+    item after the prompt, in the asked sentiment with probability ``follow`` (the chosen text) and
+    the other one otherwise (the rejected text), so its samples are reviews a judge can score and
+    most of the asked sentiment is left to DPO. A warm start that never follows the ask (0.5) learns
+    to ignore the prompt's sentiment word, and DPO then hardly moves it (100 quickstart steps: eval
+    accuracy 0.55 from follow=0.5, 0.98 from follow=0.65)."""
     import torch
 
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(model_dir))
@@ -134,7 +137,7 @@ def sft_tiny_model(model_dir: str | Path, rows: list[dict[str, str]], out_dir: s
     examples = []
     for row in rows:
         prompt = tokenizer(row["prompt"])["input_ids"]
-        reply = tokenizer(rng.choice((row["chosen"], row["rejected"])), add_special_tokens=False)["input_ids"]
+        reply = tokenizer(row["chosen"] if rng.random() < follow else row["rejected"], add_special_tokens=False)["input_ids"]
         examples.append((prompt + reply + [tokenizer.eos_token_id], len(prompt)))
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
     model.train()

@@ -29,10 +29,11 @@ def main() -> None:
             f.writelines(json.dumps(row) + "\n" for row in rows)
         build_tiny_model(ASSETS / "tiny-llama", rows, seed=args.seed)
         print(f"wrote {len(rows)} pairs and the tiny model to {ASSETS}")
-    # The online example: other prompts than the pairs' (seed + 1), a policy that writes reviews of either sentiment.
+    # The online example: other prompts than the pairs' (seed + 1), a policy that writes reviews of
+    # either sentiment, following the ask 65% of the time (toy.sft_tiny_model).
     with open(ASSETS / "online_prompts.jsonl", "w") as f:
         f.writelines(json.dumps({"prompt": p}) + "\n" for p in make_prompts(args.prompts, seed=args.seed + 1))
-    sft_tiny_model(ASSETS / "tiny-llama", rows, ASSETS / "tiny-llama-sft", seed=args.seed)
+    sft_tiny_model(ASSETS / "tiny-llama", rows, ASSETS / "tiny-llama-sft", follow=0.65, seed=args.seed)
     print(f"wrote {args.prompts} prompts and the warm-started policy tiny-llama-sft to {ASSETS}")
 
 

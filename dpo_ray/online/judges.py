@@ -115,7 +115,10 @@ def load_judge(spec: str, use_gpu: bool = False) -> Judge:
 
 
 class JudgeRows:
-    """Callable class for map_batches: adds ``score`` to rows {prompt (JSON), response}."""
+    """Callable class for map_batches: adds ``score`` to rows {prompt (JSON), response}, and ``error``:
+    '' or, for every row of a batch the judge got wrong (not one finite score per row), the reason.
+    The reason travels as data, as the data stage's row errors do (data/parse.py): an exception
+    raised here would reach the driver as Ray Data's multi-line error logs, not as one line."""
 
     def __init__(self, spec: str, use_gpu: bool) -> None:
         self.spec = spec
@@ -124,5 +127,8 @@ class JudgeRows:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         prompts = [json.loads(p) for p in batch["prompt"]]
         responses = [str(r) for r in batch["response"]]
-        scores = check_scores(self.judge(prompts, responses), len(responses), self.spec)
-        return {**batch, "score": np.asarray(scores, dtype=np.float64)}
+        try:
+            scores, error = check_scores(self.judge(prompts, responses), len(responses), self.spec), ""
+        except JudgeError as err:
+            scores, error = [math.nan] * len(responses), str(err)
+        return {**batch, "score": np.asarray(scores, dtype=np.float64), "error": np.asarray([error] * len(responses))}

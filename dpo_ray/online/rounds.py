@@ -187,15 +187,29 @@ def write_rounds(out: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def claim_output(out: Path, cfg: Config) -> None:
-    """A new output_dir, or one this config started: continue; another config's run is kept unless overwrite."""
+    """A new output_dir, or one this config started: continue (online.rounds may differ: more rounds
+    continue after the last finished one); another config's run is kept unless overwrite_output_dir."""
     written = out / "config.yaml"
-    if written.exists() and written.read_text() != cfg.to_yaml():
+    if written.exists() and not same_run(written.read_text(), cfg):
         if not cfg.overwrite_output_dir:
             raise ConfigError(f"output_dir {out} holds an online run with another config ({written}); rerun with that "
-                              "config to continue it, choose another output_dir, or set overwrite_output_dir=true")
+                              "config to continue it (online.rounds may change), choose another output_dir, "
+                              "or set overwrite_output_dir=true")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(written, cfg.to_yaml())
+
+
+def same_run(written: str, cfg: Config) -> bool:
+    """The config.yaml an earlier run wrote equals ``cfg`` but for online.rounds."""
+    import yaml
+
+    raw, now = yaml.safe_load(written), yaml.safe_load(cfg.to_yaml())
+    if not isinstance(raw, dict) or not isinstance(raw.get("online"), dict):
+        return False
+    raw["online"].pop("rounds", None)
+    now["online"].pop("rounds", None)
+    return raw == now
 
 
 def publish_model(policy: Path, target: Path) -> None:

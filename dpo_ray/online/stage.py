@@ -15,9 +15,8 @@ import ray
 import ray.data
 
 from dpo_ray.config import Config
-from dpo_ray.config_check import cause_of
 from dpo_ray.online.generate import GenerateRows, sample_seed
-from dpo_ray.online.judges import JudgeError, JudgeRows
+from dpo_ray.online.judges import JudgeRows
 
 
 class OnlineError(ValueError):
@@ -34,7 +33,8 @@ def generate(cfg: Config, policy: str, prompts: list[str], *, round_index: int, 
     gen = cfg.online.generation
     seeds = [sample_seed(gen.seed, round_index, p, purpose) for p in prompts]
     items = ray.data.from_items([{"prompt": p, "seed": s} for p, s in zip(prompts, seeds)])
-    blocks = max(2 * gen.actors, min(len(prompts) // gen.batch_size, 8 * gen.actors), 1)
+    actors = pool_size(gen.actors, gen.num_gpus_per_actor, "online.generation.actors")
+    blocks = max(2 * actors, min(len(prompts) // gen.batch_size, 8 * actors), 1)
     ds = items.repartition(blocks).map_batches(
         GenerateRows,
         fn_constructor_kwargs={
@@ -43,7 +43,7 @@ def generate(cfg: Config, policy: str, prompts: list[str], *, round_index: int, 
             "max_prompt_length": cfg.data.max_prompt_length, "truncation_mode": cfg.data.truncation_mode,
             "settings": {"max_new_tokens": gen.max_new_tokens, "temperature": gen.temperature, "top_p": gen.top_p},
         },
-        compute=ray.data.ActorPoolStrategy(size=gen.actors),
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_gpus=gen.num_gpus_per_actor,
         batch_size=gen.batch_size,
         batch_format="numpy",
@@ -54,23 +54,43 @@ def generate(cfg: Config, policy: str, prompts: list[str], *, round_index: int, 
 def judge(cfg: Config, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows {prompt, sample, response, ...} with ``score`` added by the judge actor pool."""
     on = cfg.online
-    blocks = max(2 * on.judge_actors, min(len(rows) // on.judge_batch_size, 8 * on.judge_actors), 1)
+    actors = pool_size(on.judge_actors, on.judge_num_gpus_per_actor, "online.judge_actors")
+    blocks = max(2 * actors, min(len(rows) // on.judge_batch_size, 8 * actors), 1)
     ds = ray.data.from_items(rows).repartition(blocks).map_batches(
         JudgeRows,
         fn_constructor_kwargs={"spec": on.judge, "use_gpu": on.judge_num_gpus_per_actor > 0},
-        compute=ray.data.ActorPoolStrategy(size=on.judge_actors),
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_gpus=on.judge_num_gpus_per_actor,
         batch_size=on.judge_batch_size,
         batch_format="numpy",
     )
-    try:
-        scored = ds.take_all()
-    except Exception as err:  # a judge's bad return value is one line; anything else is a bug to show whole
-        bad = cause_of(err, JudgeError)
-        if bad is None:
-            raise
-        raise OnlineError(str(bad).splitlines()[0]) from None
+    scored = ds.take_all()
+    bad = next((row["error"] for row in scored if row["error"]), None)
+    if bad is not None:
+        raise OnlineError(str(bad))
+    for row in scored:
+        del row["error"]
     return _sorted_rows(scored)
+
+
+_CAPPED: set[str] = set()
+
+
+def pool_size(requested: int, num_gpus: float, key: str) -> int:
+    """The actors a CPU pool gets: at most the cluster's CPUs less one, which stays free for Ray
+    Data's own tasks (a fixed pool holding every CPU waits forever for its input blocks). GPU actors
+    are bounded by the GPUs Ray schedules them on; the request stands."""
+    if num_gpus > 0:
+        return requested
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    fit = max(1, cpus - 1)
+    if requested <= fit:
+        return requested
+    if key not in _CAPPED:
+        _CAPPED.add(key)
+        print(f"online: {key}={requested} capped at {fit}: the cluster has {cpus} CPUs and one stays free for "
+              "Ray Data's tasks", flush=True)
+    return fit
 
 
 def _sorted_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

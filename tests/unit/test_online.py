@@ -102,3 +102,18 @@ def test_generated_samples_are_reproducible_for_a_seed_whatever_the_batch() -> N
     assert list(both["response"][3:]) == list(alone["response"]) and len(both["response"]) == 6
     other = gen({"prompt": np.asarray(prompts[1:]), "seed": np.asarray([9])})
     assert list(other["response"]) != list(alone["response"])
+
+
+def test_judge_rows_carry_a_bad_score_as_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from dpo_ray.online.judges import JudgeRows
+
+    rows = JudgeRows("_online_plugins:judge", use_gpu=False)  # tests/_online_plugins.py
+    batch = {"prompt": np.asarray([json.dumps("Ana asks for a positive review of the lamp.")] * 2),
+             "response": np.asarray([" The lamp is great.", " The lamp is awful."])}
+    good = rows(batch)
+    assert good["score"].tolist() == [1.0, -1.0] and good["error"].tolist() == ["", ""]
+    monkeypatch.setenv("DPO_TEST_JUDGE_NAN", "1")
+    bad = rows(batch)  # no exception: Ray Data would log it whole; the driver reads the reason from the rows
+    assert all(math.isnan(s) for s in bad["score"]) and all("returned a non-finite score (nan)" in e for e in bad["error"])
