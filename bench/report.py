@@ -58,11 +58,18 @@ def _targets() -> list[str]:
     if (s := _load("startup")) and (after := s["labels"].get("after", {})).get("warm_vs_trl"):
         rows += [("issue 19: warm time to first step <= 1.5x TRL default's", f"{after['warm_vs_trl']:.2f}x", after["warm_vs_trl"] <= 1.5),
                  ("issue 19: cold time to first step <= 3x TRL default's", f"{after['cold_vs_trl']:.2f}x", after["cold_vs_trl"] <= 3.0)]
+    if o := _load("online"):
+        scores = " -> ".join(f"{r['heldout_mean_score']:.2f}" for r in o["rounds"])
+        rows += [("issue 22: the online example under 10 minutes on the 2-core CPU machine", f"{o['wall_s'] / 60:.1f} min",
+                  o["wall_s"] < 600),
+                 ("issue 22: held-out mean score rises every round", scores, o["score_rises_every_round"]),
+                 ("issue 22: win rate vs the initial model > 0.5 after the last round",
+                  f"{o['final_win_rate_vs_initial']:.3f}", o["final_win_rate_vs_initial"] > 0.5)]
     if r := _load("run_all"):
         rows.append(("`python bench/run_all.py` under 30 minutes", f"{r['total_minutes']} min", r["total_minutes"] < 30))
     if not rows:
         return []
-    return ["## Targets (issues 9, 16, 19 and 20)", "", "| target | measured | met |", "|---|---|---|",
+    return ["## Targets (issues 9, 16, 19, 20 and 22)", "", "| target | measured | met |", "|---|---|---|",
             *[f"| {name} | {value} | {'yes' if met else '**no**'} |" for name, value, met in rows], ""]
 
 

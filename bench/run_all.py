@@ -3,7 +3,7 @@
 python bench/run_all.py [--all | --only data,reference,...] [--smoke]
 
 By default the comparisons with the peers (throughput and parity against TRL, MFU, sweep cost);
---all adds the stage benches (data, reference, padding, memory, losses, quickstart).
+--all adds the stage benches (data, reference, padding, memory, losses, quickstart, online).
 
 Each bench writes bench/results/<name>.json (machine, versions, date, command, how it was measured);
 bench/plots.py draws bench/results/plots/*.png and bench/report.py renders bench/RESULTS.md from them.
@@ -37,6 +37,7 @@ BENCHES: dict[str, tuple[list[str], list[str] | None]] = {
     "memory": ([], ["--smoke"]),
     "losses": ([], None),
     "quickstart": ([], None),
+    "online": ([], None),  # issue 22: the iterative-DPO example, about 6 min
 }
 PEERS = ("throughput", "parity", "mfu", "sweep")  # issue 9's comparisons: the default set
 
