@@ -43,6 +43,31 @@ def prompt_token_ids(pairs: PairTokenizer, prompt: str | list[dict[str, str]], m
     return ids
 
 
+def end_of_turn_id(tokenizer: Any) -> int | None:
+    """The special token the chat template closes an assistant turn with (Llama 3's <|eot_id|>,
+    Phi-3's <|end|>, Qwen's <|im_end|>), where it is not EOS; None without a chat template."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    try:
+        turn = [{"role": "user", "content": "a"}]
+        prompt = tokenizer.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(turn + [{"role": "assistant", "content": "b"}], tokenize=False)
+    except Exception:  # a template that needs other roles or fields: EOS alone ends a sample
+        return None
+    tail = full[len(prompt):] if full.startswith(prompt) else full
+    ids = tokenizer(tail[tail.rfind("b") + 1:], add_special_tokens=False)["input_ids"]
+    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+    return next((t for t in ids if t in special), None)
+
+
+def stop_ids(tokenizer: Any, generation_eos: int | list[int] | None) -> list[int]:
+    """The ids a sample ends at: the tokenizer's EOS, the model's generation_config EOS ids (an
+    instruct model's list), and the chat template's end of turn; EOS first."""
+    found = [tokenizer.eos_token_id, *(generation_eos if isinstance(generation_eos, list) else [generation_eos]),
+             end_of_turn_id(tokenizer)]
+    return list(dict.fromkeys(t for t in found if t is not None))
+
+
 class TransformersGenerator:
     """transformers ``generate`` with sampling, one prompt per call so that a prompt's samples depend
     on its seed alone (not on what it was batched with)."""
@@ -58,10 +83,10 @@ class TransformersGenerator:
         tokenizer = load_tokenizer(name_or_path, None, trust_remote_code)
         self.model = load_model(name_or_path, revision=None, dtype=resolve_dtype(dtype, on_gpu=use_gpu),
                                 disable_dropout=True, trust_remote_code=trust_remote_code).to(self.device).eval()
-        self.eos_id = tokenizer.eos_token_id
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+        self.stop_ids = stop_ids(tokenizer, self.model.generation_config.eos_token_id)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         self.settings = {"do_sample": True, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
-                         "top_k": 0, "pad_token_id": self.pad_id, "eos_token_id": self.eos_id}
+                         "top_k": 0, "pad_token_id": self.pad_id, "eos_token_id": self.stop_ids}
 
     def sample(self, prompt_ids: list[Ids], seeds: list[int], n: int) -> list[list[Ids]]:
         out = []
@@ -75,7 +100,8 @@ class TransformersGenerator:
         return out
 
     def until_eos(self, ids: Ids) -> Ids:
-        return ids[:ids.index(self.eos_id)] if self.eos_id in ids else ids
+        cut = next((i for i, t in enumerate(ids) if t in self.stop_ids), len(ids))
+        return ids[:cut]
 
 
 class GenerateRows:

@@ -117,3 +117,39 @@ def test_judge_rows_carry_a_bad_score_as_data(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("DPO_TEST_JUDGE_NAN", "1")
     bad = rows(batch)  # no exception: Ray Data would log it whole; the driver reads the reason from the rows
     assert all(math.isnan(s) for s in bad["score"]) and all("returned a non-finite score (nan)" in e for e in bad["error"])
+
+
+END_OF_TURN = {"qwen3": "<|im_end|>", "llama3": "<|eot_id|>", "phi3": "<|end|>", "mistral": "</s>"}
+
+
+@pytest.mark.parametrize("family", sorted(END_OF_TURN))
+def test_chat_families_sample_after_the_training_prompt_and_stop_at_the_end_of_turn(family: str, tmp_path: Path) -> None:
+    """Real chat tokenizers (tests/fixtures/tokenizers): the generator's prompt ids are the ids the data
+    stage gives the same prompt, text or messages, and a sample ends at the template's end of turn as
+    well as at EOS (Phi-3's turn ends with <|end|>, its EOS is <|endoftext|>)."""
+    import numpy as np
+
+    from _chat_families import build_family_model
+    from dpo_ray.data.tokenize import PairTokenizer, tokenize_pair
+    from dpo_ray.modeling import load_tokenizer
+    from dpo_ray.online.generate import prompt_token_ids, stop_ids
+
+    model_dir = build_family_model(family, tmp_path / family)
+    tok = load_tokenizer(model_dir)
+    pairs = PairTokenizer(tok, jointly=False)
+    messages = [{"role": "user", "content": "Write a positive review of the lamp."}]
+    trained = pairs.chat(messages, [{"role": "assistant", "content": "Great."}], [{"role": "assistant", "content": "Bad."}])
+    assert tokenize_pair(*trained[:3], bos_id=None, eos_id=None, max_length=512)[0] == prompt_token_ids(pairs, messages, None, "keep_end")
+    text = "Ana asks for a positive review of the lamp."
+    trained = pairs.text(text, " Great.", " Bad.")
+    assert tokenize_pair(*trained[:3], bos_id=pairs.bos_id, eos_id=None, max_length=512)[0] == prompt_token_ids(pairs, text, None, "keep_end")
+
+    stops = stop_ids(tok, None)
+    assert stops[0] == tok.eos_token_id and END_OF_TURN[family] in tok.convert_ids_to_tokens(stops)
+    gen = GenerateRows(model_dir, generator="dpo_ray.online.generate:TransformersGenerator", n=2, use_gpu=False,
+                       dtype="float32", trust_remote_code=False, max_prompt_length=None, truncation_mode="keep_end",
+                       settings={"max_new_tokens": 4, "temperature": 1.0, "top_p": 1.0})
+    eot = tok.convert_tokens_to_ids(END_OF_TURN[family])
+    assert gen.generator.until_eos([5, 6, eot, 7]) == [5, 6] and gen.generator.until_eos([5, 6]) == [5, 6]
+    out = gen({"prompt": np.asarray([json.dumps(messages), json.dumps(text)]), "seed": np.asarray([1, 2])})
+    assert len(out["response"]) == 4 and all(0 <= t <= 4 for t in out["tokens"])
