@@ -1,4 +1,5 @@
-"""End to end: pipelines/dpo.py in a subprocess, and the same job through `ray job submit` (bad input: test_bad_input.py)."""
+"""End to end: pipelines/dpo.py in a subprocess, and the same job (and a small online_dpo.py round) through
+`ray job submit` (bad input: test_bad_input.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 from _cluster import local_cluster, ray_env
 from conftest import REPO
+from dpo_ray.toy import make_prompts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # each test runs the pipeline (minutes on 2 cores)
 SCRIPT = str(REPO / "pipelines" / "dpo.py")
@@ -88,3 +90,19 @@ def test_ray_job_submit(ray_head: dict[str, str], tmp_path: Path) -> None:
     assert "\r" not in proc.stdout and "(RayTrainWorker" not in proc.stdout
     assert (out / "model" / "model.safetensors").exists()
     assert json.loads((out / "metrics.json").read_text())["perf/num_workers"] == 2
+
+    # the online pipeline through the same cluster: one small round, shipped model and judge
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in make_prompts(40, seed=5)))
+    online = tmp_path / "online"
+    proc = subprocess.run(
+        ["ray", "job", "submit", "--address", address, "--runtime-env-json", runtime_env, "--",
+         "python", "pipelines/online_dpo.py", "online.rounds=1", f"online.prompts={prompts}", "online.heldout_fraction=0.25",
+         "online.samples_per_prompt=3", "online.eval_samples_per_prompt=1", "online.generation.max_new_tokens=12",
+         "online.pairing=best_vs_worst", "train.batch_size=8", "train.micro_batch_size=4", "train.epochs=1",
+         f"output_dir={online}", f"reference.cache_dir={tmp_path / 'online-refcache'}", f"data.cache_dir={tmp_path / 'online-datacache'}"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert "online: 1 rounds; held-out mean score" in proc.stdout and "Traceback" not in proc.stdout
+    assert (online / "rounds.csv").read_text().count("\n") == 3 and (online / "model" / "model.safetensors").exists()
