@@ -125,8 +125,8 @@ def sft_tiny_model(model_dir: str | Path, rows: list[dict[str, str]], out_dir: s
     """Supervised warm start for the online example: the model learns to write a review of the asked
     item after the prompt, in the asked sentiment with probability ``follow`` (the chosen text) and
     the other one otherwise (the rejected text), so its samples are reviews a judge can score and
-    most of the asked sentiment is left to DPO. A warm start that never follows the ask (0.5) learns
-    to ignore the prompt's sentiment word, and DPO then hardly moves it (100 quickstart steps: eval
+    most of the asked sentiment is left to DPO. A warm start that follows the ask half the time
+    (0.5) learns to ignore the prompt's sentiment word, and DPO then hardly moves it (100 quickstart steps: eval
     accuracy 0.55 from follow=0.5, 0.98 from follow=0.65)."""
     import torch
 

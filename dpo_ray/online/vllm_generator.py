@@ -3,12 +3,14 @@
 Set ``online.generation.generator=dpo_ray.online.vllm_generator:VLLMGenerator`` and
 ``online.generation.num_gpus_per_actor=1``. It keeps GenerateRows's contract: completion ids per
 prompt, ``n`` per prompt, each prompt's draws from its own seed (vLLM's per-request seed), ending
-before EOS or the chat template's end of turn (generate.stop_ids). Not run in this repository's CI (no GPU, no vllm wheel for CPU).
+before EOS or the chat template's end of turn (generate.stop_ids). Not run in this repository's CI
+(no GPU, no vllm wheel for CPU).
 """
 
 from __future__ import annotations
 
 from dpo_ray.config_check import ConfigError
+from dpo_ray.online.generate import stop_ids
 
 Ids = list[int]
 
@@ -36,8 +38,6 @@ class VLLMGenerator:
                               "online.generation.num_gpus_per_actor=1")
         self.params = SamplingParams
         self.settings = {"temperature": temperature, "top_p": top_p, "max_tokens": max_new_tokens}
-        from dpo_ray.online.generate import stop_ids
-
         self.llm = LLM(model=name_or_path, dtype="auto" if dtype == "auto" else dtype, trust_remote_code=trust_remote_code)
         self.stop_ids = stop_ids(self.llm.get_tokenizer(), generation_eos(name_or_path, trust_remote_code))
         self.settings["stop_token_ids"] = self.stop_ids
