@@ -88,6 +88,7 @@ class RewardModelJudge:
         self.model = AutoModelForSequenceClassification.from_pretrained(name_or_path, dtype=dtype).to(self.device).eval()
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.padding_side = "right"  # the score is read at each row's last real token
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.batch_size = batch_size
 
@@ -99,10 +100,12 @@ class RewardModelJudge:
 
     def __call__(self, prompts: list[Any], responses: list[str]) -> list[float]:
         texts = [self.text(p, r) for p, r in zip(prompts, responses)]
+        templated = bool(self.tokenizer.chat_template)  # the rendered text holds its BOS already: add none
         scores: list[float] = []
         with self.torch.no_grad():
             for i in range(0, len(texts), self.batch_size):
-                enc = self.tokenizer(texts[i:i + self.batch_size], return_tensors="pt", padding=True).to(self.device)
+                enc = self.tokenizer(texts[i:i + self.batch_size], return_tensors="pt", padding=True,
+                                     add_special_tokens=not templated).to(self.device)
                 scores.extend(self.model(**enc).logits[:, 0].float().tolist())
         return scores
 

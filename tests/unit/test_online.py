@@ -153,3 +153,25 @@ def test_chat_families_sample_after_the_training_prompt_and_stop_at_the_end_of_t
     assert gen.generator.until_eos([5, 6, eot, 7]) == [5, 6] and gen.generator.until_eos([5, 6]) == [5, 6]
     out = gen({"prompt": np.asarray([json.dumps(messages), json.dumps(text)]), "seed": np.asarray([1, 2])})
     assert len(out["response"]) == 4 and all(0 <= t <= 4 for t in out["tokens"])
+
+
+def test_a_reward_model_judge_scores_each_row_as_it_would_alone(tmp_path: Path) -> None:
+    """online.judge as a local reward model dir (AutoModelForSequenceClassification, first logit):
+    finite scores, one per row, and a row's score does not depend on the rows padded beside it."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    from dpo_ray.online.judges import RewardModelJudge, load_judge
+
+    tokenizer = AutoTokenizer.from_pretrained(ASSETS / "tiny-llama")
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, num_labels=1, pad_token_id=tokenizer.pad_token_id)
+    LlamaForSequenceClassification(config).save_pretrained(tmp_path / "rm")
+    tokenizer.save_pretrained(tmp_path / "rm")
+    judge = load_judge(str(tmp_path / "rm"))
+    assert isinstance(judge, RewardModelJudge)
+    prompts = ["Ana asks for a positive review of the lamp.", [{"role": "user", "content": "Review the tent."}], "Ben asks."]
+    responses = [" The lamp is great.", " The tent is awful, really terrible and flimsy.", " Fine."]
+    together = judge(prompts, responses)
+    alone = [judge([p], [r])[0] for p, r in zip(prompts, responses)]
+    assert len(together) == 3 and all(math.isfinite(s) for s in together)
+    assert together == pytest.approx(alone, abs=1e-5) and len(set(together)) == 3
