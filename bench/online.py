@@ -54,6 +54,7 @@ def main() -> None:
     for row in rounds:
         row["round"] = int(row["round"])
     scores = [r["heldout_mean_score"] for r in rounds]
+    rises = all(b > a for a, b in zip(scores, scores[1:]))
     config = yaml.safe_load((out / "config.yaml").read_text())["online"]
     heldout = len((out / "round_0" / "heldout.jsonl").read_text().splitlines())
     plots = RESULTS / "plots"
@@ -80,9 +81,9 @@ def main() -> None:
         "heldout_samples": heldout,
         "rounds": rounds,
         "stage_seconds": stage_seconds(out, len(rounds) - 1),
-        "score_rises_every_round": all(b > a for a, b in zip(scores, scores[1:])),
+        "score_rises_every_round": rises,
         "final_win_rate_vs_initial": rounds[-1]["win_rate_vs_initial"],
-        "targets_met": wall < 600 and all(b > a for a, b in zip(scores, scores[1:])) and rounds[-1]["win_rate_vs_initial"] > 0.5,
+        "targets_met": wall < 600 and rises and rounds[-1]["win_rate_vs_initial"] > 0.5,
     })
     print(f"wrote {path}; {wall:.0f} s; held-out mean score {' -> '.join(f'{s:.3f}' for s in scores)}")
 

@@ -43,6 +43,9 @@ def prompt_token_ids(pairs: PairTokenizer, prompt: str | list[dict[str, str]], m
     return ids
 
 
+_MARK = "Xq7Zv"  # an assistant turn's content, found again in the rendered text (no template writes it)
+
+
 def end_of_turn_id(tokenizer: Any) -> int | None:
     """The special token the chat template closes an assistant turn with (Llama 3's <|eot_id|>,
     Phi-3's <|end|>, Qwen's <|im_end|>), where it is not EOS; None without a chat template."""
@@ -51,11 +54,11 @@ def end_of_turn_id(tokenizer: Any) -> int | None:
     try:
         turn = [{"role": "user", "content": "a"}]
         prompt = tokenizer.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)
-        full = tokenizer.apply_chat_template(turn + [{"role": "assistant", "content": "b"}], tokenize=False)
+        full = tokenizer.apply_chat_template(turn + [{"role": "assistant", "content": _MARK}], tokenize=False)
     except Exception:  # a template that needs other roles or fields: EOS alone ends a sample
         return None
     tail = full[len(prompt):] if full.startswith(prompt) else full
-    ids = tokenizer(tail[tail.rfind("b") + 1:], add_special_tokens=False)["input_ids"]
+    ids = tokenizer(tail[tail.rfind(_MARK) + len(_MARK):], add_special_tokens=False)["input_ids"]
     special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
     return next((t for t in ids if t in special), None)
 
@@ -66,6 +69,11 @@ def stop_ids(tokenizer: Any, generation_eos: int | list[int] | None) -> list[int
     found = [tokenizer.eos_token_id, *(generation_eos if isinstance(generation_eos, list) else [generation_eos]),
              end_of_turn_id(tokenizer)]
     return list(dict.fromkeys(t for t in found if t is not None))
+
+
+def until_stop(ids: Ids, stops: list[int]) -> Ids:
+    """A sample's ids before the first stop id (all of them when none comes)."""
+    return ids[:next((i for i, t in enumerate(ids) if t in stops), len(ids))]
 
 
 class TransformersGenerator:
@@ -100,8 +108,7 @@ class TransformersGenerator:
         return out
 
     def until_eos(self, ids: Ids) -> Ids:
-        cut = next((i for i, t in enumerate(ids) if t in self.stop_ids), len(ids))
-        return ids[:cut]
+        return until_stop(ids, self.stop_ids)
 
 
 class GenerateRows:

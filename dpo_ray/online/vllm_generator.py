@@ -10,7 +10,7 @@ before EOS or the chat template's end of turn (generate.stop_ids). Not run in th
 from __future__ import annotations
 
 from dpo_ray.config_check import ConfigError
-from dpo_ray.online.generate import stop_ids
+from dpo_ray.online.generate import stop_ids, until_stop
 
 Ids = list[int]
 
@@ -48,5 +48,4 @@ class VLLMGenerator:
         return [[self.until_eos(list(c.token_ids)) for c in out.outputs] for out in outputs]
 
     def until_eos(self, ids: Ids) -> Ids:
-        cut = next((i for i, t in enumerate(ids) if t in self.stop_ids), len(ids))
-        return ids[:cut]
+        return until_stop(ids, self.stop_ids)

@@ -1,5 +1,5 @@
 """Iterative DPO end to end: pipelines/online_dpo.py in a subprocess with the shipped example config,
-made small (48 prompts, 2 samples each, 1 training worker): 2 rounds, killed during round 2's training
+made small (48 prompts, 3 samples each, best-vs-worst pairs, 1 training worker): 2 rounds, killed during round 2's training
 and resumed; more rounds asked of a finished run; a judge that returns NaN and a policy that only says
 EOS stop with one line and keep every finished round."""
 
