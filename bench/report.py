@@ -43,12 +43,16 @@ def _targets() -> list[str]:
                  ("issue 16, same setting: >= 1.0x TRL with precomputed reference", f"{u['vs_trl_precompute']:.2f}x",
                   u["vs_trl_precompute"] >= 1.0)]
     if (t := _load("throughput")) and "budget_vs_grouped" in t.get("long", {}):
-        arms = {a["arm"]: a for a in t["long"]["arms"]}
-        budget = arms["dpo_ray 2 workers, token budget"]
-        rows += [("issue 20, long conversations: token budget's step peak memory varies < 15%",
-                  f"{100 * budget['step_peak_variation']:.1f}%", budget["step_peak_variation"] < 0.15),
-                 ("issue 20, same: token budget pairs/s >= 1.0x length-grouped", f"{t['long']['budget_vs_grouped']:.2f}x",
-                  t["long"]["budget_vs_grouped"] >= 1.0)]
+        long = t["long"]
+        budget = next(a for a in long["arms"] if a["arm"].startswith("dpo_ray 2 workers, token budget at"))
+        rows += [("issue 20, long conversations, token budget at the length-grouped arm's memory cap: step peak memory "
+                  "varies < 15%", f"{100 * budget['step_peak_variation']:.1f}%", budget["step_peak_variation"] < 0.15),
+                 ("issue 20, same arm: pairs/s >= 1.0x length-grouped", f"{long['budget_vs_grouped']:.2f}x",
+                  long["budget_vs_grouped"] >= 1.0)]
+        if "tight_vs_grouped" in long:
+            rows.append(("issue 20, a tighter budget (8192 slots): pairs/s >= 1.0x length-grouped (reported beside it, at "
+                         f"{long['tight_peak_vs_grouped']:.2f}x the peak memory)", f"{long['tight_vs_grouped']:.2f}x",
+                         long["tight_vs_grouped"] >= 1.0))
     if m := _load("mfu"):
         rows.append((f"MFU >= 40% ({m['parameters'] / 1e6:.0f}M params, sequence {m['sequence_length']}, {m['precision']})",
                      f"{100 * m['mfu']:.1f}%", m["mfu"] >= 0.4))

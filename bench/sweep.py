@@ -3,9 +3,17 @@
 python bench/sweep.py [--steps 60] [--results-dir DIR]   -> bench/results/sweep.json, then bench/report.py
 python bench/sweep.py --smoke --results-dir /tmp/x       -> a 2-config sweep, 4 steps, 400 pairs, every arm
                                                             (TRL if installed) in this process; see arm_configs
+python bench/sweep.py --throughput-setting                -> bench/results/sweep_throughput.json: the same grid
+                                                            at the throughput bench's model and data, sweep and TRL
 Issue 7: k trials should cost k training runs plus ONE reference pass. All three arms train the same
 (beta, learning rate) grid on pipelines/configs/sweep.yaml's model, data and settings (1 worker,
 batch 32 = 2 x 16, max_length 64, cosine schedule, eval every 20 steps), each from fresh caches.
+
+Issue 19 adds the throughput bench's setting (--throughput-setting): its 4.3M-parameter Llama (hidden
+256, 4 layers), its varying-length pairs (bench/reference.py varying_rows, seed 0), max_length 192,
+batch 32 in micro-batches of 8, 50 steps, eval at step 0 and the end. Target: eight TRL runs' wall
+time >= 1.4x the one sweep's. The separate arm is left out there (it is the sweep's runs without the
+shared caches; the default setting measures it).
 """
 
 from __future__ import annotations
@@ -24,11 +32,13 @@ from typing import Any
 import yaml
 
 from common import REPO, RESULTS, head_pairs, machine, run_in_repo
+from reference import varying_rows
 
 sys.path.insert(0, str(REPO))
 
 from dpo_ray.config import Config  # noqa: E402
-from dpo_ray.config_load import load_config
+from dpo_ray.config_load import load_config  # noqa: E402
+from dpo_ray.toy import build_tiny_model  # noqa: E402
 
 SWEEP_YAML = REPO / "pipelines" / "configs" / "sweep.yaml"
 BETAS = (0.05, 0.1, 0.3, 0.5)
@@ -60,12 +70,24 @@ def grid(values: tuple[float, ...]) -> str:
     return yaml.safe_dump({"grid": list(values)}, default_flow_style=True).strip()
 
 
-def sweep_config(work: Path, smoke: bool) -> Path:
-    """sweep.yaml, or under --smoke a copy that trains on its first SMOKE_PAIRS pairs."""
-    if not smoke:
+THROUGHPUT_STEPS, THROUGHPUT_TARGET = 50, 1.4  # issue 19: the throughput bench's setting, TRL wall / sweep wall
+
+
+def sweep_config(work: Path, smoke: bool, throughput: bool = False) -> Path:
+    """sweep.yaml, or under --smoke a copy that trains on its first SMOKE_PAIRS pairs, or under
+    ``throughput`` a copy on the throughput bench's model and data (module docstring)."""
+    if not (smoke or throughput):
         return SWEEP_YAML
     raw = yaml.safe_load(SWEEP_YAML.read_text())
-    raw["data"]["path"] = head_pairs(REPO / raw["data"]["path"], SMOKE_PAIRS, work / "smoke-pairs.jsonl")
+    if throughput:
+        rows = varying_rows(int(THROUGHPUT_STEPS * 32 / 0.95) + 16, seed=0)  # as bench/throughput.py builds them
+        data = work / "pairs.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        raw["model"]["name_or_path"] = str(build_tiny_model(work / "model", rows, hidden_size=256, num_layers=4, num_heads=4))
+        raw["data"].update(path=str(data), max_length=192, eval_fraction=0.05)
+        raw["train"].update(max_steps=THROUGHPUT_STEPS, batch_size=32, micro_batch_size=8, eval_every=THROUGHPUT_STEPS)
+    else:
+        raw["data"]["path"] = head_pairs(REPO / raw["data"]["path"], SMOKE_PAIRS, work / "smoke-pairs.jsonl")
     path = work / "sweep.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
@@ -155,7 +177,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="train.max_steps of every run (default: sweep.yaml's, 60)")
     parser.add_argument("--smoke", action="store_true", help=f"a {len(SMOKE_BETAS) * len(SMOKE_LEARNING_RATES)}-config sweep, {SMOKE_STEPS} steps")
     parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where sweep.json goes (default: bench/results)")
+    parser.add_argument("--throughput-setting", action="store_true",
+                        help="the throughput bench's model and data, sweep and TRL arms -> sweep_throughput.json")
     args = parser.parse_args()
+    if args.throughput_setting:
+        throughput_setting(args.results_dir)
+        return
     plan = arm_configs(args.smoke)
     with_trl = importlib.util.find_spec("trl") is not None
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
@@ -206,6 +233,33 @@ def main() -> None:
     path = args.results_dir / "sweep.json"
     path.write_text(json.dumps({"machine": machine(), **result}, indent=2) + "\n")
     print(json.dumps(arms, indent=1), f"\nwrote {path}", flush=True)
+
+
+def throughput_setting(results_dir: Path) -> None:
+    """Issue 19's second sweep target: the grid at the throughput bench's model and data, the sweep
+    against eight TRL runs (module docstring) -> sweep_throughput.json."""
+    with tempfile.TemporaryDirectory(prefix="bench-sweep-tp-") as tmp:
+        work = Path(tmp)
+        sweep_yaml = sweep_config(work, smoke=False, throughput=True)
+        _, cfg = run_config(work, sweep_yaml)
+        configs = arm_configs(False)["sweep"]
+        sweep_wall, scoring_runs, sweep_rows = sweep_arm(work, sweep_yaml, BETAS, LEARNING_RATES, THROUGHPUT_STEPS, False)
+        print({"sweep_wall_s": round(sweep_wall, 1), "ref/scoring_runs": scoring_runs}, flush=True)
+        trl_rows = trl_arm(work, cfg, configs, THROUGHPUT_STEPS, False)
+    trl_wall = sum(r["wall_s"] for r in trl_rows)
+    result = {"command": "python bench/sweep.py --throughput-setting",
+              "notes": (f"{len(configs)} configs (beta x learning rate grid), {THROUGHPUT_STEPS} steps each, at the throughput "
+                        "bench's model and data: " + __doc__.split("throughput bench's setting (--throughput-setting): ", 1)[1]
+                        .split(". Target", 1)[0].replace("\n", " ") + "; otherwise sweep.yaml's settings (1 worker a trial, "
+                        "cosine schedule, warmup 0.1) and the default setting's arms (notes of sweep.json)."),
+              "arms": [arm_summary("sweep", sweep_wall, sweep_rows, scoring_runs),
+                       arm_summary("trl", trl_wall, trl_rows, f"every batch ({len(trl_rows)} runs, no cache)")],
+              "runs": sweep_rows + trl_rows, "trl_over_sweep": round(trl_wall / sweep_wall, 3), "trl_version": version("trl")}
+    result["target_met"] = result["trl_over_sweep"] >= THROUGHPUT_TARGET
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / "sweep_throughput.json"
+    path.write_text(json.dumps({"machine": machine(), **result}, indent=2) + "\n")
+    print(json.dumps(result["arms"], indent=1), f"\nwrote {path}", flush=True)
 
 
 if __name__ == "__main__":

@@ -48,12 +48,13 @@ from dpo_ray.modeling import load_model  # noqa: E402
 from dpo_ray.toy import build_tiny_model, make_preference_rows  # noqa: E402
 
 TARGET_DEFAULT, TARGET_PRECOMPUTE = 1.3, 1.1
-LONG_TOKENS = 8192  # token slots per micro-batch in the long setting's budget arms
+LONG_TOKENS = 8192  # token slots per micro-batch in the long setting's tight budget and packed arms
 UNIFORM_TARGET_DEFAULT, UNIFORM_TARGET_PRECOMPUTE = 1.3, 1.0  # issue 16: uniform short pairs, 1 worker, defaults
 TRL_DEFAULT, TRL_PRECOMPUTE = "TRL default", "TRL precompute_ref_log_probs=True"
 UNGROUPED, ONE_WORKER = "dpo_ray 2 workers, no length grouping", "dpo_ray 1 worker"
-LONG_GROUPED, LONG_BUDGET, LONG_PACKED = ("dpo_ray 2 workers, length-grouped", "dpo_ray 2 workers, token budget",
-                                          "dpo_ray 2 workers, token budget + packed")
+LONG_GROUPED, LONG_BUDGET, LONG_TIGHT, LONG_PACKED = (
+    "dpo_ray 2 workers, length-grouped", "dpo_ray 2 workers, token budget at the grouped arm's largest micro-batch",
+    f"dpo_ray 2 workers, token budget {LONG_TOKENS}", "dpo_ray 2 workers, token budget + packed")
 LONG_MEMORY_VARIATION, LONG_TARGET_VS_GROUPED = 0.15, 1.0  # issue 20: a token budget's step peaks, its pairs/s
 
 
@@ -68,18 +69,21 @@ def arm_plan(smoke: bool, has_trl: bool) -> dict[str, list[str]]:
     other pairs; both settings' ratios are ratios_to_trl)."""
     plan = {"varying": ["dpo_ray 2 workers", UNGROUPED, ONE_WORKER, TRL_DEFAULT, TRL_PRECOMPUTE],
             "uniform": ["dpo_ray 1 worker, defaults", TRL_DEFAULT, TRL_PRECOMPUTE],
-            "long": [LONG_GROUPED, LONG_BUDGET, LONG_PACKED, TRL_DEFAULT, TRL_PRECOMPUTE]}
+            "long": [LONG_GROUPED, LONG_BUDGET, LONG_TIGHT, LONG_PACKED, TRL_DEFAULT, TRL_PRECOMPUTE]}
     if smoke:
         plan = {"varying": [a for a in plan["varying"] if a not in (UNGROUPED, ONE_WORKER)], "uniform": plan["uniform"][:1],
                 "long": [LONG_GROUPED, LONG_PACKED]}
     return {setting: [a for a in arms if has_trl or not a.startswith("TRL")] for setting, arms in plan.items()}
 
 
-def run_arms(calls: dict[str, Any], names: list[str]) -> list[dict[str, Any]]:
-    """Each named arm's call in plan order, its result printed as it lands."""
+def run_arms(calls: dict[str, Any], names: list[str], done: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Each named arm's call in plan order, its result printed as it lands (and kept in ``done`` by name,
+    for a later arm that sizes itself from an earlier one)."""
     arms = []
     for name in names:
         arms.append(calls[name]())
+        if done is not None:
+            done[name] = arms[-1]
         print(arms[-1], flush=True)
     return arms
 
@@ -191,29 +195,43 @@ def long_setting(args: argparse.Namespace, work: Path, has_trl: bool) -> dict[st
     setup = {"model": str(model_dir), "data": str(data), "max_length": 400 if args.smoke else 1600, "eval_fraction": 0.05, "steps": steps,
              "batch_size": 16, "micro_batch_size": 4, "cpus": 2, "tag": "-long", "in_process": args.smoke}
     every = ("train.logging_steps=1",)
-    budget = (*every, f"train.micro_batch_tokens={LONG_TOKENS}")
-    calls = {LONG_GROUPED: lambda: dpo_ray_arm(2, setup, work, label=LONG_GROUPED, extra=every),
-             LONG_BUDGET: lambda: dpo_ray_arm(2, setup, work, warm=True, label=LONG_BUDGET, extra=budget),
-             LONG_PACKED: lambda: dpo_ray_arm(2, setup, work, warm=True, label=LONG_PACKED,
-                                              extra=(*budget, "train.padding_free=true")),
+    tight = (*every, f"train.micro_batch_tokens={LONG_TOKENS}")
+    done: dict[str, dict[str, Any]] = {}  # the arms run so far: the equal-memory budget is the grouped arm's largest
+
+    def budget_arm() -> dict[str, Any]:
+        equal = int(done[LONG_GROUPED]["micro_batch_tokens_max"])  # slots of its largest micro-batch: its memory cap
+        return {**dpo_ray_arm(2, setup, work, warm=True, label=LONG_BUDGET, extra=(*every, f"train.micro_batch_tokens={equal}")),
+                "budget_tokens": equal}
+
+    calls = {LONG_GROUPED: lambda: dpo_ray_arm(2, setup, work, label=LONG_GROUPED, extra=every), LONG_BUDGET: budget_arm,
+             LONG_TIGHT: lambda: {**dpo_ray_arm(2, setup, work, warm=True, label=LONG_TIGHT, extra=tight), "budget_tokens": LONG_TOKENS},
+             LONG_PACKED: lambda: {**dpo_ray_arm(2, setup, work, warm=True, label=LONG_PACKED,
+                                                 extra=(*tight, "train.padding_free=true")), "budget_tokens": LONG_TOKENS},
              TRL_DEFAULT: lambda: trl_arm(False, setup, work), TRL_PRECOMPUTE: lambda: trl_arm(True, setup, work)}
-    arms = run_arms(calls, arm_plan(args.smoke, has_trl)["long"])
+    arms = run_arms(calls, arm_plan(args.smoke, has_trl)["long"], done)
     by = {a["arm"]: a for a in arms}
     grouped = by[LONG_GROUPED]["steady_pairs_per_second"]
-    ratios = {f"{key}_vs_grouped": round(by[arm]["steady_pairs_per_second"] / grouped, 3)
-              for key, arm in (("budget", LONG_BUDGET), ("packed", LONG_PACKED)) if arm in by}
+    named = (("budget", LONG_BUDGET), ("tight", LONG_TIGHT), ("packed", LONG_PACKED))
+    ratios: dict[str, Any] = {f"{key}_vs_grouped": round(by[arm]["steady_pairs_per_second"] / grouped, 3)
+                              for key, arm in named if arm in by}
+    base = by[LONG_GROUPED]["peak_memory_mib_per_worker"]
+    ratios.update({f"{key}_peak_vs_grouped": round(by[arm]["peak_memory_mib_per_worker"] / base, 3)
+                   for key, arm in named if arm in by and base and by[arm]["peak_memory_mib_per_worker"]})
     if LONG_BUDGET in by:
         ratios["budget_targets_met"] = (by[LONG_BUDGET]["step_peak_variation"] < LONG_MEMORY_VARIATION
                                         and ratios["budget_vs_grouped"] >= LONG_TARGET_VS_GROUPED)
     if TRL_DEFAULT in by:
         ratios.update({f"{key}_vs_trl_{trl}": round(by[arm]["steady_pairs_per_second"] / by[t]["steady_pairs_per_second"], 3)
-                       for key, arm in (("grouped", LONG_GROUPED), ("budget", LONG_BUDGET), ("packed", LONG_PACKED))
+                       for key, arm in (("grouped", LONG_GROUPED), *named)
                        for trl, t in (("default", TRL_DEFAULT), ("precompute", TRL_PRECOMPUTE)) if arm in by})
     params = sum(p.numel() for p in load_model(str(model_dir)).parameters())
     return {"notes": (f"Llama built from config ({params / 1e6:.2f}M parameters), fp32 on CPU; {len(rows)} pairs whose prompts "
                       f"hold 50-1,500 tokens (long_rows), max_length 1600; {steps} steps of 16 pairs, micro-batches of 4 "
-                      f"(TRL, length-grouped) or up to {LONG_TOKENS} token slots (train.micro_batch_tokens); 2 workers x 1 CPU, "
-                      "TRL 2 threads. Targets (token budget): step peak memory varies < "
+                      "(TRL, length-grouped) or a token budget (train.micro_batch_tokens): as many token slots as the length-grouped "
+                      f"arm's largest micro-batch (the same memory cap: the target arm), or {LONG_TOKENS} (a tighter cap, "
+                      "reported beside it), padded; packed at "
+                      f"{LONG_TOKENS} real tokens; 2 workers x 1 CPU, TRL 2 threads. Targets (token budget at the same cap): "
+                      "step peak memory varies < "
                       f"{LONG_MEMORY_VARIATION:.0%}, pairs/s >= {LONG_TARGET_VS_GROUPED}x length-grouped; packed: recorded as measured."),
             "parameters": params, "arms": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in a.items()} for a in arms],
             **ratios}
@@ -246,7 +264,7 @@ def main() -> None:
     parser.add_argument("--uniform-layers", type=int, default=6, help="layers of its model")
     parser.add_argument("--only-uniform", action="store_true", help="run the uniform setting alone (merged into the results file)")
     parser.add_argument("--only-long", action="store_true", help="run the long-conversation setting alone (merged likewise)")
-    parser.add_argument("--long-steps", type=int, default=10, help="steps of the long-conversation setting")
+    parser.add_argument("--long-steps", type=int, default=16, help="steps of the long-conversation setting")
     parser.add_argument("--smoke", action="store_true", help="a 2-layer, 64-wide model, 4 steps")
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
