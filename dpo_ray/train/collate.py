@@ -73,19 +73,45 @@ def pair_costs(prompt_ids: Sequence[Sequence[int]], chosen_ids: Sequence[Sequenc
 
 
 def budget_cuts(widths: np.ndarray, tokens: np.ndarray, budget: int, packed: bool) -> list[np.ndarray]:
-    """Items in their given order cut greedily into consecutive groups whose cost stays within
-    ``budget`` token slots: packed, the sum of ``tokens``; padded, the group's size times its largest
-    ``widths``. An item over the budget on its own is a group of one. Returns index arrays."""
-    cuts, start, largest, total = [], 0, 0, 0
-    for i in range(len(widths)):
-        grown_largest, grown_total = max(largest, int(widths[i])), total + int(tokens[i])
-        cost = grown_total if packed else (i - start + 1) * grown_largest
-        if i > start and cost > budget:
+    """Items in their given order cut into consecutive groups whose cost stays within ``budget``
+    token slots: packed, the sum of ``tokens``; padded, the group's size times its largest
+    ``widths``. An item over the budget on its own is a group of one. Packed, the cuts are greedy
+    (fewest groups; a packed group has no pads). Padded, they are the fewest groups too, and of
+    those the ones with the fewest token slots (the fewest pads: a greedy fill from the short end
+    lets its first groups reach far into longer items), by dynamic programming over the cut points.
+    Returns index arrays."""
+    if packed or not len(widths):
+        return _greedy_cuts(tokens, budget)
+    n, w = len(widths), [int(x) for x in widths]
+    best: list[tuple[int, int]] = [(0, 0)] + [(n + 1, 0)] * n  # (groups, token slots) of the first j items
+    start = [0] * (n + 1)
+    for j in range(1, n + 1):
+        largest = 0
+        for i in range(j - 1, -1, -1):  # the group [i, j): its cost only grows as it reaches back
+            largest = max(largest, w[i])
+            slots = (j - i) * largest
+            if i < j - 1 and slots > budget:
+                break
+            cand = (best[i][0] + 1, best[i][1] + slots)
+            if cand < best[j]:
+                best[j], start[j] = cand, i
+    cuts, j = [], n
+    while j:
+        cuts.append(np.arange(start[j], j))
+        j = start[j]
+    return cuts[::-1]
+
+
+def _greedy_cuts(tokens: np.ndarray, budget: int) -> list[np.ndarray]:
+    """Consecutive groups whose summed ``tokens`` stay within ``budget``, each filled before the next."""
+    cuts, start, total = [], 0, 0
+    for i in range(len(tokens)):
+        total += int(tokens[i])
+        if i > start and total > budget:
             cuts.append(np.arange(start, i))
-            start, grown_largest, grown_total = i, int(widths[i]), int(tokens[i])
-        largest, total = grown_largest, grown_total
-    if len(widths):
-        cuts.append(np.arange(start, len(widths)))
+            start, total = i, int(tokens[i])
+    if len(tokens):
+        cuts.append(np.arange(start, len(tokens)))
     return cuts
 
 

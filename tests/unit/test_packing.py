@@ -118,6 +118,32 @@ def test_budget_cuts() -> None:
     assert w.tolist() == [10, 8] and t.tolist() == [8, 6]
 
 
+def test_padded_budget_cuts_are_fewest_groups_then_fewest_slots() -> None:
+    """A greedy fill from the short end takes [0, 1, 2] (9 slots) and leaves 21 slots in 3 groups; the
+    cuts take 17 in 3. On random inputs (sorted, as the step sorts them, and unsorted, as the reference
+    pass's unsorted order) they match an exhaustive search over every cut."""
+    from itertools import combinations
+
+    def cost(groups: list[list[int]], w: list[int]) -> tuple[int, int]:
+        return len(groups), sum(len(g) * max(w[i] for i in g) for g in groups)
+
+    cuts = budget_cuts(np.array([1, 1, 3, 3, 3, 3, 3]), np.ones(7), budget=9, packed=False)
+    assert [c.tolist() for c in cuts] == [[0, 1], [2, 3, 4], [5, 6]]
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        n, budget = int(rng.integers(1, 9)), int(rng.integers(4, 40))
+        w = rng.integers(1, 12, size=n)
+        w = np.sort(w) if trial % 2 else w
+        got = [c.tolist() for c in budget_cuts(w, w, budget, packed=False)]
+        assert sum(got, []) == list(range(n))
+        assert all(len(g) == 1 or len(g) * max(w[g]) <= budget for g in got)
+        best = min(cost(g, w.tolist()) for g in (
+            [list(range(a, b)) for a, b in zip((0, *points), (*points, n))]
+            for k in range(n) for points in combinations(range(1, n), k))
+            if all(len(x) == 1 or len(x) * max(w[x]) <= budget for x in g))
+        assert cost(got, w.tolist()) == best
+
+
 def test_packed_trajectory_equals_padded(tiny_model_dir: str) -> None:
     """20 AdamW steps on the same batches, packed and padded, LD-DPO + WPO on: the losses agree within 1e-4."""
     loss = LossConfig(wpo=True, ld_alpha=0.5)
