@@ -57,8 +57,8 @@ def train_step(engine: Any, batches: Iterator[Batch], cfg: Config, pad_id: int,
 
 
 def budget_batches(step_batches: list[Batch], t: TrainConfig, device: torch.device) -> list[Batch]:
-    """This rank's pairs of one step, length-sorted (stable) and cut (collate.budget_cuts) to t.micro_batch_tokens
-    token slots (padded: pairs x 2 x the longest row; packed: real tokens). Every rank then cuts its
+    """This rank's pairs of one step, length-sorted (stable) and cut (collate.budget_cuts) to
+    t.micro_batch_tokens token slots (padded: pairs x 2 x the longest row; packed: real tokens). Every rank then cuts its
     own into the largest count any rank needs (a collective), so all run as many forwards (ZeRO-3's
     gathers) and reach DeepSpeed's boundary together. A pure function of the step's pairs: a resumed
     run cuts them the same."""
