@@ -11,6 +11,10 @@ precompute_ref_log_probs=True, one process with 2 torch threads. Time to first s
 of the subprocess to the end of optimizer step 1, both sides. The phases come from the run's own
 ``startup/*`` marks in metrics.json (Unix times: driver and rank 0), each phase the time from the
 previous mark. Targets (issue 19): warm <= 1.5x and cold <= 3x TRL default's time to its first step.
+Ray floor: bench/ray_floor.py in a fresh process (Ray Train imported, ray.init(), a TorchTrainer of 2
+workers whose loop does nothing): the launch to its loop, what any Ray Train pipeline pays here before
+its own code runs in a worker (no model, data or DeepSpeed); floor_vs_trl is that over TRL default's
+whole time to its first step.
 """
 
 from __future__ import annotations
@@ -90,6 +94,17 @@ def trl_run(setup: dict[str, Any], work: Path, precompute: bool) -> dict[str, An
             "seconds_to_first_step": round(m["first_step_time"] - launched, 2), "wall_seconds": round(wall, 2)}
 
 
+def ray_floor_run(setup: dict[str, Any], work: Path) -> dict[str, Any]:
+    """bench/ray_floor.py: python start and Ray imports, ray.init, the worker group up to its loop."""
+    out = work / "ray-floor.json"
+    launched, wall = run_in_repo([sys.executable, "bench/ray_floor.py", "--out", str(out), "--workers", "2"],
+                                 in_process=setup["in_process"])
+    m = json.loads(out.read_text())
+    return {"arm": "Ray floor (no-op TorchTrainer, 2 workers)", "seconds_to_loop": round(m["loop_entered"] - launched, 2),
+            "imports": round(m["imported"] - launched, 2), "ray_init": round(m["ray_ready"] - m["imported"], 2),
+            "worker_start": round(m["loop_entered"] - m["fit_called"], 2), "wall_seconds": round(wall, 2)}
+
+
 def _commit() -> str:
     """The checkout measured: its commit, and whether it had changes beside it."""
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
@@ -115,13 +130,16 @@ def main(argv: list[str] | None = None) -> None:
     runs = [dpo_ray_run(setup, work, warm=False), warm_median(setup, work, 1 if args.smoke else args.warm_repeats)]
     if not args.smoke:  # in one process TRL's start would be free: its figure means nothing there
         runs += [trl_run(setup, work, precompute=False), trl_run(setup, work, precompute=True)]
+    floor = ray_floor_run(setup, work)
+    print(floor, flush=True)
     for r in runs:
         print(r, flush=True)
     by = {r["arm"]: r["seconds_to_first_step"] for r in runs}
-    result: dict[str, Any] = {"runs": runs}
+    result: dict[str, Any] = {"runs": runs, "ray_floor": floor}
     if "TRL default" in by:
         result.update(warm_vs_trl=round(by["dpo_ray warm"] / by["TRL default"], 3),
-                      cold_vs_trl=round(by["dpo_ray cold"] / by["TRL default"], 3))
+                      cold_vs_trl=round(by["dpo_ray cold"] / by["TRL default"], 3),
+                      floor_vs_trl=round(floor["seconds_to_loop"] / by["TRL default"], 3))
         result["targets_met"] = result["warm_vs_trl"] <= TARGET_WARM and result["cold_vs_trl"] <= TARGET_COLD
     path = args.results_dir / "startup.json"
     labels = json.loads(path.read_text()).get("labels", {}) if path.exists() and not args.smoke else {}
@@ -131,9 +149,11 @@ def main(argv: list[str] | None = None) -> None:
         f"{name} ends at {mark}" for name, mark in PHASES) + "."
     table = [{"label": label, "arm": r["arm"], "seconds_to_first_step": r["seconds_to_first_step"], **r.get("phases", {})}
              for label, entry in labels.items() for r in entry["runs"]]
-    ratios = [{"label": label, **{k: v for k, v in entry.items() if k in ("warm_vs_trl", "cold_vs_trl", "targets_met")},
+    ratios = [{"label": label, **{k: v for k, v in entry.items() if k in ("warm_vs_trl", "cold_vs_trl", "floor_vs_trl", "targets_met")},
                "measured": entry["machine"]["date"]} for label, entry in labels.items()]
-    written = write_result("startup", {"command": labels[args.label]["command"], "notes": notes, "timeline": table, "ratios": ratios, "labels": labels}, args.results_dir)
+    floors = [{"label": label, **entry["ray_floor"]} for label, entry in labels.items() if "ray_floor" in entry]
+    written = write_result("startup", {"command": labels[args.label]["command"], "notes": notes, "timeline": table, "ratios": ratios,
+                                       "ray_floor": floors, "labels": labels}, args.results_dir)
     print({k: v for k, v in result.items() if k != "runs"}, f"wrote {written}")
 
 

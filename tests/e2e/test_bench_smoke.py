@@ -168,6 +168,9 @@ def test_startup_bench_smoke(tmp_path: Path) -> None:
         assert all(r[p] >= 0 for p in phases), arm
         assert abs(sum(r[p] for p in phases) - r["seconds_to_first_step"]) < 0.1, arm
     assert rows["dpo_ray warm"]["reference"] < rows["dpo_ray cold"]["reference"]  # the warm run read the cache
+    (floor,) = result["ray_floor"]  # bench/ray_floor.py: a no-op TorchTrainer's worker group reached its loop
+    assert 0 < floor["worker_start"] <= floor["seconds_to_loop"] and floor["ray_init"] >= 0  # in one process: no imports, Ray up
+    assert "floor_vs_trl" not in result["ratios"][0]  # TRL ran in the full plan only
 
 
 def test_plots_draw_every_committed_result(tmp_path: Path) -> None:
