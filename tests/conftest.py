@@ -112,6 +112,16 @@ def small_overrides(model_dir: str, data_path: str, output_dir: str, *, caches: 
     return [f"{k}={v}" for k, v in base.items()]
 
 
+def progress_steps(output: str) -> list[str]:
+    """The progress lines of a run's output, in order, cut before their metrics."""
+    return [line.split(" loss ")[0] + " " for line in output.splitlines() if line.startswith("[dpo_ray] ")]
+
+
+SHORT_RUN_PROGRESS = ["[dpo_ray] eval at step 0/4 ", "[dpo_ray] step 2/4 ", "[dpo_ray] eval at step 2/4 ",
+                      "[dpo_ray] step 4/4 ", "[dpo_ray] eval at step 4/4 "]
+"""A 4-step run logging every 2 steps and evaluating at 0, 2, 4: each line once, in this order."""
+
+
 SWEEP_SPACE = {"loss.beta": {"loguniform": [0.01, 1.0]}, "train.learning_rate": {"loguniform": [1e-4, 3e-3]}}
 
 

@@ -1,5 +1,5 @@
-"""End to end: pipelines/dpo.py in a subprocess, and the same job (and a small online_dpo.py round) through
-`ray job submit` (bad input: test_bad_input.py)."""
+"""End to end: pipelines/dpo.py in a subprocess, and a small online_dpo.py round through `ray job submit`
+(the training job through `ray job submit`: test_multinode.py; bad input: test_bad_input.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from _cluster import local_cluster, ray_env
-from conftest import REPO
+from conftest import REPO, SHORT_RUN_PROGRESS, progress_steps
 from dpo_ray.toy import make_prompts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # each test runs the pipeline (minutes on 2 cores)
@@ -23,21 +23,11 @@ def _run(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess[str
     return subprocess.run([sys.executable, SCRIPT, *args], cwd=REPO, env=ray_env(), capture_output=True, text=True, timeout=timeout)
 
 
-def _steps(output: str) -> list[str]:
-    """The progress lines of a run's output, in order, cut before their metrics."""
-    return [line.split(" loss ")[0] + " " for line in output.splitlines() if line.startswith("[dpo_ray] ")]
-
-
-SHORT_RUN_PROGRESS = ["[dpo_ray] eval at step 0/4 ", "[dpo_ray] step 2/4 ", "[dpo_ray] eval at step 2/4 ",
-                      "[dpo_ray] step 4/4 ", "[dpo_ray] eval at step 4/4 "]
-"""A 4-step run logging every 2 steps and evaluating at 0, 2, 4: each line once, in this order."""
-
-
 def assert_quiet(output: str) -> None:
     """The default console: our lines only (stage lines, progress, summary), no Ray log line, warning,
     colour code or traceback."""
     assert len(output.splitlines()) < 40, output
-    assert _steps(output) == SHORT_RUN_PROGRESS, output
+    assert progress_steps(output) == SHORT_RUN_PROGRESS, output
     for noise in ("Warning", "WARNING", "\x1b[", "Traceback", " INFO ", "TrainingReport", "(RayTrainWorker"):
         assert noise not in output, (noise, output)
 
@@ -74,24 +64,13 @@ def ray_head() -> Iterator[dict[str, str]]:
 
 
 def test_ray_job_submit(ray_head: dict[str, str], tmp_path: Path) -> None:
-    out = tmp_path / "job"
+    """The online pipeline as a job on a `ray start` head, the repo uploaded as its working_dir. The
+    training job through `ray job submit` (its progress lines in the job log): test_multinode.py."""
     env = dict(ray_head)
     address = env.pop("address")
     runtime_env = json.dumps({"working_dir": str(REPO), "excludes": ["outputs/", ".git/", "**/__pycache__/"]})
-    proc = subprocess.run(
-        ["ray", "job", "submit", "--address", address, "--runtime-env-json", runtime_env, "--",
-         "python", "pipelines/dpo.py", "train.max_steps=4", "train.eval_every=2", "train.logging_steps=2", f"output_dir={out}"],
-        env=env, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    assert "== dpo_ray summary ==" in proc.stdout
-    # the job's log (what `ray job logs` shows): the driver's progress lines, plain, once each, in order
-    assert _steps(proc.stdout) == SHORT_RUN_PROGRESS, proc.stdout
-    assert "\r" not in proc.stdout and "(RayTrainWorker" not in proc.stdout
-    assert (out / "model" / "model.safetensors").exists()
-    assert json.loads((out / "metrics.json").read_text())["perf/num_workers"] == 2
 
-    # the online pipeline through the same cluster: one small round, shipped model and judge
+    # one small round, shipped model and judge
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in make_prompts(40, seed=5)))
     online = tmp_path / "online"

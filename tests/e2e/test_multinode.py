@@ -28,7 +28,7 @@ import psutil
 import pytest
 
 from _cluster import LocalCluster, local_cluster, ray_env
-from conftest import REPO, small_overrides
+from conftest import REPO, SHORT_RUN_PROGRESS, progress_steps, small_overrides
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # a two-node cluster, a Ray job per test
 FAKE_TOKEN = "hf_FAKE_dpo_ray_multinode_456"
@@ -86,10 +86,14 @@ def test_training_job_places_workers_on_two_nodes(
 ) -> None:
     shared = tmp_path_factory.mktemp("shared")  # both nodes see it, as they would an NFS share
     out = shared / "run"
-    overrides = small_overrides(tiny_model_dir, pairs_jsonl, str(out), **SPREAD, **{"train.checkpoint_every": 2})
+    overrides = small_overrides(tiny_model_dir, pairs_jsonl, str(out), **SPREAD, **{"train.checkpoint_every": 2,
+                                                                                     "train.logging_steps": 2})
     job_id, proc = _submit(cluster, ["python", "pipelines/dpo.py", *overrides], timeout=420)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert "== dpo_ray summary ==" in proc.stdout
+    # the job's log (what `ray job logs` shows): the driver's progress lines, plain, once each, in order
+    assert progress_steps(proc.stdout) == SHORT_RUN_PROGRESS, proc.stdout
+    assert "\r" not in proc.stdout and "(RayTrainWorker" not in proc.stdout
     assert f"Job '{job_id}' succeeded" in cluster.ray("job", "status", job_id).stdout
 
     metrics = json.loads((out / "metrics.json").read_text())
@@ -112,7 +116,7 @@ def test_sweep_job_places_workers_on_two_nodes(
     shared = tmp_path_factory.mktemp("shared-sweep")
     out = shared / "sweep"
     overrides = small_overrides(tiny_model_dir, pairs_jsonl, str(out), **SPREAD)
-    tune = ["tune.searcher=random", "tune.num_samples=2", "tune.scheduler=none", "tune.max_concurrent_trials=1"]
+    tune = ["tune.searcher=random", "tune.num_samples=1", "tune.scheduler=none"]  # one trial: its workers on both nodes
     job_id, proc = _submit(cluster, ["python", "pipelines/sweep.py", "--config", "pipelines/configs/sweep.yaml",
                                      *overrides, *tune], timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
