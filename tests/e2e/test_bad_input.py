@@ -196,7 +196,7 @@ def _entry(root: str) -> tuple[CacheStore, str, dict]:
 def test_ctrl_c_names_the_step_and_resume_survives_damaged_caches(tmp_path: Path, tiny_model_dir: str, pairs_jsonl: str) -> None:
     out = tmp_path / "run"
     args = small_overrides(tiny_model_dir, pairs_jsonl, str(out), **{
-        "train.max_steps": 30, "train.checkpoint_every": 2, "train.eval_every": 1000})
+        "train.max_steps": 60, "train.checkpoint_every": 2, "train.eval_every": 1000})
     proc = subprocess.Popen([sys.executable, SCRIPTS["dpo"], *args], cwd=REPO, env=ray_env(), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     streams: dict[str, list[str]] = {"out": [], "err": []}
@@ -217,8 +217,8 @@ def test_ctrl_c_names_the_step_and_resume_survives_damaged_caches(tmp_path: Path
     assert "Traceback" not in stderr and not (out / "model").exists()
     last = stderr.strip().splitlines()[-1]  # after Ray's own shutdown lines
     resume = f"python pipelines/dpo.py --config {out}/config.yaml train.resume_from={out}"
-    match = re.fullmatch(r"dpo_ray: interrupted at step (\d+) of 30; no model was written; resume with: (.*)", last)
-    assert match and 2 <= int(match[1]) < 30 and match[2] == resume, last
+    match = re.fullmatch(r"dpo_ray: interrupted at step (\d+) of 60; no model was written; resume with: (.*)", last)
+    assert match and 2 <= int(match[1]) < 60 and match[2] == resume, last
 
     # Damage both committed cache entries: a truncated reference part, a deleted tokenized part.
     ref_store, ref_key, ref_manifest = _entry(f"{out}-refcache")
@@ -237,9 +237,9 @@ def test_ctrl_c_names_the_step_and_resume_survives_damaged_caches(tmp_path: Path
     ]
     assert (out / "model" / "model.safetensors").exists()
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["ref/cache_hit"] == 0.0 and metrics["data/tokenize_cache_hit"] == 0.0 and metrics["train/steps"] == 30
-    steps = [int(n) for n in re.findall(r"\[dpo_ray\] step (\d+)/30 ", again.stdout + again.stderr)]
-    assert min(steps) > 2 and max(steps) == 30  # resumed from a checkpoint at step >= 2: steps 1-2 did not run again
+    assert metrics["ref/cache_hit"] == 0.0 and metrics["data/tokenize_cache_hit"] == 0.0 and metrics["train/steps"] == 60
+    steps = [int(n) for n in re.findall(r"\[dpo_ray\] step (\d+)/60 ", again.stdout + again.stderr)]
+    assert min(steps) > 2 and max(steps) == 60  # resumed from a checkpoint at step >= 2: steps 1-2 did not run again
     for store, key, old in ((ref_store, ref_key, ref_manifest), (tok_store, tok_key, tok_manifest)):
         fresh = store.read_manifest(key)  # a fresh entry was committed: the next run hits it
         assert fresh["data_dir"] != old["data_dir"] and store.check(key, fresh) is None
