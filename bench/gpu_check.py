@@ -5,7 +5,9 @@ bash bench/gpu_check.sh --smoke       CPU: a 2-layer, 64-wide Llama in float32, 
 
 Rows, each measured or printed as 'skipped: <why>' / 'failed: <why>':
 - objective, sdpa / flash_attention_2: batch_objective (dpo_ray/train/objective.py) forward + backward on
-  the plain model, no optimizer; flash only where `flash_attn` imports.
+  the plain model, no optimizer; flash only where `flash_attn` imports. Packed: the same with each batch's
+  sequences in one row (train.padding_free; flash runs it as separate sequences, sdpa through a block
+  mask), its note the largest difference of its log-probs from the padded batch's.
 - ZeRO-2 / ZeRO-3 engine: deepspeed.initialize with build_ds_config (dpo_ray/train/ds_config.py) and a
   torch AdamW, as train/loop.py builds it; forward, engine.backward, engine.step; one process, NCCL (gloo
   with DS_ACCELERATOR=cpu in smoke mode). Only where deepspeed imports.
@@ -66,6 +68,8 @@ ROWS = {
     "zero3": "DeepSpeed ZeRO-3 engine step",
     "reference": "reference scorer (forward)",
     "quickstart": "quickstart via Ray, train.use_gpu=true",
+    "packed_sdpa": "objective fwd+bwd packed (padding_free), sdpa",
+    "packed_flash": "objective fwd+bwd packed (padding_free), flash_attention_2",
 }
 
 
@@ -156,7 +160,9 @@ def skipped(why: str) -> dict[str, Any]:
     return {"status": "skipped", "why": why}
 
 
-def row_objective(env: Env, attn: str) -> dict[str, Any]:
+def row_objective(env: Env, attn: str, packed: bool = False) -> dict[str, Any]:
+    """The DPO objective's forward and backward; ``packed``: each batch's sequences in one row (train.padding_free),
+    and the note says how far its log-probs are from the same batch's padded ones."""
     if attn == "flash_attention_2":
         if env.device.type != "cuda":
             return skipped("flash_attention_2 needs a CUDA device")
@@ -168,12 +174,18 @@ def row_objective(env: Env, attn: str) -> dict[str, Any]:
     params = sum(p.numel() for p in model.parameters())
 
     def step(i: int) -> int:
-        out = batch_objective(model, pair_batch(env.shape, i), loss, pad_id=0, device=env.device)
+        out = batch_objective(model, pair_batch(env.shape, i), loss, pad_id=0, device=env.device, padding_free=packed)
         out.result.losses.mean().backward()
         model.zero_grad(set_to_none=True)
         return out.num_tokens
 
-    return measure(env, step, params, 6, env.shape.pairs, note=f"{str(env.dtype).removeprefix('torch.')} params and grads, no optimizer")
+    note = f"{str(env.dtype).removeprefix('torch.')} params and grads, no optimizer"
+    if packed:
+        with torch.no_grad():
+            logps = [batch_objective(model, pair_batch(env.shape, 0), loss, pad_id=0, device=env.device,
+                                     padding_free=free).stats.logps.float() for free in (False, True)]
+        note += f"; packed vs padded log-probs: max |diff| {float((logps[0] - logps[1]).abs().max()):.3g}"
+    return measure(env, step, params, 6, env.shape.pairs, note=note)
 
 
 def import_deepspeed(env: Env) -> Any:
@@ -268,6 +280,8 @@ def row_quickstart(env: Env) -> dict[str, Any]:
 RUNNERS: dict[str, Callable[[Env], dict[str, Any]]] = {
     "objective_sdpa": lambda env: row_objective(env, "sdpa"),
     "objective_flash": lambda env: row_objective(env, "flash_attention_2"),
+    "packed_sdpa": lambda env: row_objective(env, "sdpa", packed=True),
+    "packed_flash": lambda env: row_objective(env, "flash_attention_2", packed=True),
     "zero2": lambda env: row_zero(env, 2),
     "zero3": lambda env: row_zero(env, 3),
     "reference": row_reference,

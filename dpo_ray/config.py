@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import yaml
 
-from dpo_ray.config_check import ConfigError as ConfigError, require as require
+from dpo_ray.config_check import ATTENTION_KERNELS, ConfigError as ConfigError, needs_gpu, require as require
 from dpo_ray.config_online import OnlineConfig
 from dpo_ray.config_loss import (BATCH_WIDE_LOSSES as BATCH_WIDE_LOSSES, F_DIVERGENCE_LOSSES as F_DIVERGENCE_LOSSES,
                                  LABEL_SMOOTHING_LOSSES as LABEL_SMOOTHING_LOSSES, LOSS_TYPES as LOSS_TYPES,
@@ -50,8 +50,20 @@ class ModelConfig:
     """Zero every dropout probability, as TRL's DPOTrainer does by default."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
+    attn_implementation: str | None = None
+    """Attention kernel of the policy and reference models, passed to from_pretrained as TRL's
+    model_init_kwargs pass it: null keeps transformers' default (sdpa); eager, sdpa, flash_attention_2,
+    flash_attention_3 or flex_attention. Flash-attention needs train.use_gpu, 16-bit weights and the
+    flash_attn package on the workers; with train.padding_free it runs each packed row as separate
+    sequences (no pads and no block mask; README: Long, uneven sequences). A reference scored on CPU
+    (reference.num_gpus_per_actor=0) keeps transformers' default."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """LoRA through PEFT (model.lora.r > 0); the frozen base is the reference model."""
+
+    def __post_init__(self) -> None:
+        require((self.attn_implementation in (None, *ATTENTION_KERNELS),
+                 f"model.attn_implementation={self.attn_implementation!r}: choose one of {', '.join(ATTENTION_KERNELS)} "
+                 "or null (transformers' default, sdpa)"))
 
 
 @dataclass(frozen=True)
@@ -349,6 +361,24 @@ class Config:
             (tokens is None or not mixed, f"train.micro_batch_tokens: loss.type {mixed} reads the whole micro-batch "
              "(a sort or a token mean across its pairs), so a token budget would change its value; use micro_batch_size"),
         )
+        attn, t, ref = self.model.attn_implementation, self.train, self.reference
+        if needs_gpu(attn):
+            require(
+                (t.use_gpu, f"model.attn_implementation={attn} runs on GPUs only; set train.use_gpu=true, or use sdpa "
+                            "(the default) or eager on CPU"),
+                (self.model.dtype in ("bfloat16", "float16") or (self.model.dtype == "auto" and t.bf16),
+                 f"model.attn_implementation={attn} takes 16-bit weights, and model.dtype={self.model.dtype} "
+                 f"(train.bf16={str(t.bf16).lower()}) trains in float32; set model.dtype=bfloat16"),
+                (ref.num_gpus_per_actor == 0 or ref.dtype != "float32",
+                 f"model.attn_implementation={attn} takes 16-bit weights, and reference.dtype=float32 on the reference's "
+                 "GPUs; set reference.dtype=auto (bfloat16) or model.attn_implementation=sdpa"),
+            )
+
+    def reference_attention(self) -> str | None:
+        """The reference actors' attention kernel: model.attn_implementation, except a GPU-only one when
+        the reference is scored on CPU (reference.num_gpus_per_actor=0), which keeps transformers' default."""
+        attn = self.model.attn_implementation
+        return None if needs_gpu(attn) and self.reference.num_gpus_per_actor == 0 else attn
 
     def reference_model(self) -> tuple[str, str | None]:
         """The reference model's (name_or_path, revision): reference.name_or_path, else the policy's."""

@@ -29,3 +29,11 @@ def cause_of(err: BaseException, kind: type[BaseException]) -> BaseException | N
             found = seen
         seen = vars(seen).get("cause") or seen.__cause__ or seen.__context__
     return found
+
+
+ATTENTION_KERNELS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+def needs_gpu(attn_implementation: str | None) -> bool:
+    """Whether a model.attn_implementation value runs on CUDA only (the flash-attention kernels)."""
+    return attn_implementation is not None and attn_implementation.startswith("flash_attention")

@@ -43,14 +43,21 @@ def load_model(
     disable_dropout: bool = True,
     device_map: str | None = None,
     trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
 ) -> PreTrainedModel:
     """Causal LM in ``dtype``; dropout zeroed when asked (TRL's disable_dropout default).
 
     ``device_map="auto"`` spreads the layers over the visible GPUs (needs accelerate).
+    ``attn_implementation``: model.attn_implementation (None: transformers' default).
     """
     model = AutoModelForCausalLM.from_pretrained(name_or_path, revision=revision, dtype=dtype, device_map=device_map,
-                                                 trust_remote_code=trust_remote_code)
+                                                 trust_remote_code=trust_remote_code, **_attention(attn_implementation))
     return _without_dropout(model) if disable_dropout else model
+
+
+def _attention(attn_implementation: str | None) -> dict[str, str]:
+    """from_pretrained / from_config's attn_implementation, or nothing: transformers picks its default."""
+    return {} if attn_implementation is None else {"attn_implementation": attn_implementation}
 
 
 def _without_dropout(model: PreTrainedModel) -> PreTrainedModel:
@@ -74,6 +81,7 @@ def load_model_partitioned(
     dtype: torch.dtype = torch.float32,
     disable_dropout: bool = True,
     trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
 ) -> PreTrainedModel:
     """The causal LM already partitioned by DeepSpeed ZeRO-3, so no rank ever holds all its weights.
 
@@ -93,14 +101,16 @@ def load_model_partitioned(
     # size to check the batch arithmetic before it would initialise it itself
     deepspeed.init_distributed()
     files = _safetensors_files(name_or_path, revision)
-    kwargs = {"revision": revision, "dtype": dtype, "disable_dropout": disable_dropout, "trust_remote_code": trust_remote_code}
+    kwargs = {"revision": revision, "dtype": dtype, "disable_dropout": disable_dropout, "trust_remote_code": trust_remote_code,
+              "attn_implementation": attn_implementation}
     if not files:
         _say_fallback(name_or_path, "no safetensors shards")
         return load_model_partitioned_by_transformers(name_or_path, ds_config, **kwargs)
     config = AutoConfig.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
     # prevent_arange_dtype_change (entered before zero.Init): RoPE's arange stays fp32 when zero.Init casts to bf16
     with no_init_weights(), prevent_arange_dtype_change(), deepspeed.zero.Init(config_dict_or_path=ds_config):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                 **_attention(attn_implementation))
     model.tie_weights()  # tied embeddings: one parameter, read once under its first name
     mismatch = _read_partitions(model, files)
     if mismatch:
@@ -121,6 +131,7 @@ def load_model_partitioned_by_transformers(
     dtype: torch.dtype = torch.float32,
     disable_dropout: bool = True,
     trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
 ) -> PreTrainedModel:
     """ZeRO-3 loading by transformers' DeepSpeed integration: from_pretrained builds the model under
     zero.Init while an HfDeepSpeedConfig is alive, and loads layer by layer (rank 0 reads the whole
@@ -137,7 +148,7 @@ def load_model_partitioned_by_transformers(
     hf_config = HfDeepSpeedConfig(ds_config)
     try:
         model = AutoModelForCausalLM.from_pretrained(name_or_path, revision=revision, dtype=dtype,
-                                                     trust_remote_code=trust_remote_code)
+                                                     trust_remote_code=trust_remote_code, **_attention(attn_implementation))
     finally:
         unset_hf_deepspeed_config()
         del hf_config

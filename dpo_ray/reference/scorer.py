@@ -24,7 +24,7 @@ class ReferenceScorer:
     def __init__(self, name_or_path: str, revision: str | None, dtype: str, use_gpu: bool,
                  trust_remote_code: bool = False, rows_per_forward: int = 16, length_bucketing: bool = True,
                  faults: dict[str, Any] | None = None, num_gpus: float = 1.0, batch_tokens: int | None = None,
-                 padding_free: bool = False) -> None:
+                 padding_free: bool = False, attn_implementation: str | None = None) -> None:
         # ``num_gpus``: the GPUs this actor holds (reference.num_gpus_per_actor); above 1 one model is
         # spread over them (accelerate's device_map), for a reference model larger than one GPU.
         # ``faults``: the test switch (dpo_ray.faults); an actor that fires dies, Ray restarts it
@@ -43,6 +43,7 @@ class ReferenceScorer:
         self.model = load_model(
             name_or_path, revision=revision, dtype=resolve_dtype(dtype, on_gpu=use_gpu), disable_dropout=True,
             device_map="auto" if spread else None, trust_remote_code=trust_remote_code,
+            attn_implementation=attn_implementation,
         )
         if spread:
             check_on_gpus(((n, p.device) for n, p in self.model.named_parameters()), int(num_gpus), name_or_path)

@@ -33,6 +33,8 @@ def reference_key(cfg: Config, data_id: DataId) -> tuple[str, dict[str, Any]]:
         "lengths": {"max_length": d.max_length, "max_prompt_length": d.max_prompt_length, "truncation_mode": d.truncation_mode},
         "tokenize": {"version": TOKENIZE_VERSION, "jointly": d.tokenize_jointly},
     }
+    if cfg.reference_attention() is not None:  # a chosen kernel scores a little differently; the default keeps older keys
+        parts["attention"] = cfg.reference_attention()
     return cache_key(parts), parts
 
 
@@ -99,7 +101,7 @@ def score_reference(cfg: Config, pairs: ray.data.Dataset) -> ray.data.Dataset:
             "name_or_path": cfg.reference_model()[0], "revision": cfg.reference_model()[1],
             "dtype": ref.dtype, "use_gpu": ref.num_gpus_per_actor > 0, "trust_remote_code": cfg.model.trust_remote_code,
             "rows_per_forward": ref.rows_per_forward, "length_bucketing": ref.length_bucketing,
-            "batch_tokens": ref.batch_tokens, "padding_free": ref.padding_free,
+            "batch_tokens": ref.batch_tokens, "padding_free": ref.padding_free, "attn_implementation": cfg.reference_attention(),
             "faults": faults.from_env(),  # the test switch (dpo_ray.faults); {} in a user's run
             "num_gpus": plan.num_gpus_per_actor,  # above 1: one model spread over the actor's GPUs
         },

@@ -112,7 +112,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             break
 
     perf = {**_perf_figures(state, device, world, worker_nodes, peak), **_read_figures(reads, world), **marks}
-    _export(engine, tokenizer, cfg, rank, state.history, {**perf, "stop_reason": stop_reason, "perf/batching": batching(cfg.train)})
+    _export(engine, tokenizer, cfg, rank, state.history, {**perf, "stop_reason": stop_reason, "perf/batching": batching(cfg.train, engine.module.config._attn_implementation)})
 
 
 def _join_worker_group(cfg: Config) -> tuple[int, int, torch.device]:
@@ -136,7 +136,7 @@ def _build_engine(deepspeed: Any, cfg: Config, steps: int, marks: dict[str, floa
     ds_config = build_ds_config(cfg.train, model_hidden_size(m.name_or_path, m.revision, m.trust_remote_code))
     load = partial(load_model_partitioned, ds_config=ds_config) if cfg.train.resolved_zero_stage() == 3 else load_model
     model = load(m.name_or_path, revision=m.revision, dtype=dtype, disable_dropout=m.disable_dropout,
-                 trust_remote_code=m.trust_remote_code)
+                 trust_remote_code=m.trust_remote_code, attn_implementation=m.attn_implementation)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     lora = cfg.model.lora

@@ -74,14 +74,15 @@ def budget_batches(step_batches: list[Batch], t: TrainConfig, device: torch.devi
     return [{k: v[order[c]] for k, v in pairs.items()} for c in cuts]
 
 
-def batching(t: TrainConfig) -> str:
-    """How micro-batches were made, and why, for metrics.json and the summary (perf/batching)."""
+def batching(t: TrainConfig, attention: str) -> str:
+    """How micro-batches were made, and why, and the attention kernel the model ran (model.attn_implementation,
+    or transformers' default), for metrics.json and the summary (perf/batching)."""
     size = (f"up to {t.micro_batch_tokens} token slots each (train.micro_batch_tokens)" if t.micro_batch_tokens
             else f"{t.micro_batch_size} pairs each (train.micro_batch_size)")
     mode = ("packed (train.padding_free: one row per micro-batch, no pads)" if t.padding_free
             else "padded (train.padding_free off, the default: without flash-attention a packed row's dense block mask "
                  "cost more than the pads, 0.32x on CPU; README)")
-    return f"{mode}, {size}"
+    return f"{mode}, {size}, {attention} attention"
 
 
 class PeakMemory:

@@ -211,8 +211,8 @@ def test_smoke_plans_name_the_full_benches_arms() -> None:
 
 def test_gpu_check_smoke(tmp_path: Path) -> None:
     """bench/gpu_check.sh --smoke (issue 18's GPU check on CPU, so it never rots): every row is in the
-    table; the rows CPU can run ran (objective, ZeRO-2 and ZeRO-3 engines, reference scorer) with
-    finite positive figures; flash-attention and the GPU quickstart say why they were skipped."""
+    table; the rows CPU can run ran (objective padded and packed, ZeRO-2 and ZeRO-3 engines, reference scorer)
+    with finite positive figures; flash-attention (both rows) and the GPU quickstart say why they were skipped."""
     proc = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), "--smoke", "--out", str(tmp_path), "--peak-tflops", "1"],
                           cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "GPU_CHECK_WHEELS": str(tmp_path / "no-wheels")})
@@ -221,15 +221,17 @@ def test_gpu_check_smoke(tmp_path: Path) -> None:
     result = json.loads((tmp_path / "gpu_check.json").read_text())
     rows = result["rows"]
     assert list(rows) == list(titles) and result["smoke"] is True
-    ran = {"objective_sdpa", "zero2", "zero3", "reference"}
+    ran = {"objective_sdpa", "packed_sdpa", "zero2", "zero3", "reference"}
     assert {name for name, r in rows.items() if r["status"] == "ok"} == ran
     for name in ran:
         figures = [rows[name][k] for k in ("pairs_per_s", "tokens_per_s", "peak_mib", "mfu")]
         assert all(math.isfinite(v) and v > 0 for v in figures), (name, figures)
         assert rows[name]["tokens_per_s"] > rows[name]["pairs_per_s"]
-    assert rows["objective_flash"]["status"] == rows["quickstart"]["status"] == "skipped"
+    assert rows["objective_flash"]["status"] == rows["packed_flash"]["status"] == rows["quickstart"]["status"] == "skipped"
+    packed_diff = float(rows["packed_sdpa"]["note"].rsplit("max |diff| ", 1)[1])
+    assert packed_diff < 1e-4  # fp32 on CPU: packed log-probs are the padded ones
     table = (tmp_path / "gpu_check.md").read_text()
     assert table == proc.stdout  # the table printed is the table written
     lines = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| row ")]
     assert [line.split(" | ")[0].removeprefix("| ") for line in lines] == list(titles.values())
-    assert sum("| skipped: " in line for line in lines) == 2 and "smoke run on CPU, of no performance meaning" in table
+    assert sum("| skipped: " in line for line in lines) == 3 and "smoke run on CPU, of no performance meaning" in table

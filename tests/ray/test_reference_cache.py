@@ -129,7 +129,10 @@ def test_key_changes_with_each_input(tiny_model_dir, pairs_jsonl, tmp_path) -> N
         "data": reference_key(cfg, DataId.of(row_hashes[1:]))[0],
         "max_length": reference_key(shorter, shorter_id)[0],
         "dtype": reference_key(load_config(None, [*base, "reference.dtype=bfloat16"]), data_id)[0],
+        "attention": reference_key(load_config(None, [*base, "model.attn_implementation=eager"]), data_id)[0],
     }
+    # sdpa named is a key of its own (an explicit choice); the default (null) keeps the key caches already have
+    assert "attention" not in reference_key(cfg, data_id)[1]
     assert shorter_id != data_id and shorter_id.rows == data_id.rows  # truncation changed the token ids themselves
     assert all(k != key for k in misses.values()), misses
     assert len(set(misses.values())) == len(misses)

@@ -53,6 +53,8 @@ def test_int_is_accepted_for_float() -> None:
         ("train.batch_size=30", "train.batch_size=30 is not a multiple"),
         ("loss=3", "loss: expected a mapping"),
         ("train.max_steps", "expected key=value"),
+        ("model.attn_implementation=flash", "model.attn_implementation='flash': choose one of eager, sdpa"),
+        ("model.attn_implementation=flash_attention_2", "flash_attention_2 runs on GPUs only; set train.use_gpu=true"),
     ],
 )
 def test_bad_values_name_the_key(override: str, message: str) -> None:
@@ -89,3 +91,22 @@ def test_resolve_paths_makes_local_paths_absolute(tmp_path: Path, monkeypatch: p
     assert cfg.output_dir == str(tmp_path / "o")
     hub = resolve_paths(load_config(None, ["model.name_or_path=Qwen/Qwen2.5-0.5B"]))
     assert hub.model.name_or_path == "Qwen/Qwen2.5-0.5B"  # a hub id stays a hub id
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.dtype=float32"], "takes 16-bit weights, and model.dtype=float32"),
+    (["train.bf16=false"], "model.dtype=auto (train.bf16=false) trains in float32"),
+    (["reference.num_gpus_per_actor=1", "reference.dtype=float32"], "reference.dtype=float32 on the reference's GPUs"),
+])
+def test_flash_attention_needs_16_bit_weights(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["model.attn_implementation=flash_attention_2", "train.use_gpu=true", *overrides])
+    assert message in str(info.value)
+
+
+def test_attention_kernel_of_the_reference() -> None:
+    gpu = ["model.attn_implementation=flash_attention_2", "train.use_gpu=true"]
+    assert load_config(None, gpu).reference_attention() is None  # scored on CPU: transformers' default
+    assert load_config(None, [*gpu, "reference.num_gpus_per_actor=1"]).reference_attention() == "flash_attention_2"
+    assert load_config(None, ["model.attn_implementation=eager"]).reference_attention() == "eager"
+    assert load_config(None, []).reference_attention() is None

@@ -74,7 +74,7 @@ def _worker(rank: int, port: int, model_dir: str, out_dir: str) -> None:
     modeling.load_model_partitioned_by_transformers = load_model_partitioned_by_transformers
     report["direct"] = _partition_report(model, file_weights)
     report["direct_eval_mode"] = not model.training
-    by_hf = load_model_partitioned_by_transformers(model_dir, ds_config)
+    by_hf = load_model_partitioned_by_transformers(model_dir, ds_config, attn_implementation="eager")
     report["transformers"] = _partition_report(by_hf, file_weights)
     report["zero3_flag_after"] = is_deepspeed_zero3_enabled()
     plain = load_model(model_dir)  # a later plain load in the same process: whole tensors again
@@ -92,7 +92,8 @@ def _worker(rank: int, port: int, model_dir: str, out_dir: str) -> None:
     engine.step()
 
     # LoRA on a partitioned base (gradient checkpointing on), one step, and the export's gather.
-    lora_base = load_model_partitioned(model_dir, ds_config)
+    lora_base = load_model_partitioned(model_dir, ds_config, attn_implementation="eager")  # model.attn_implementation
+    report["attention"] = [m.config._attn_implementation for m in (model, by_hf, lora_base)]
     lora_base.gradient_checkpointing_enable()
     lora = add_lora(lora_base, r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
     optimizer = torch.optim.AdamW([p for p in lora.parameters() if p.requires_grad], lr=1e-3)
@@ -138,6 +139,7 @@ def test_no_global_left_and_engines_train(reports: list[dict[str, Any]]) -> None
         assert report["plain_is_whole"] and report["direct_eval_mode"]
         assert report["logits_max_diff"] < 1e-5  # RoPE, tied embeddings and every weight as from_pretrained has them
     assert reports[0]["lora_keys_load_strictly"] and reports[0]["lora_base_unchanged"]
+    assert reports[0]["attention"] == ["sdpa", "eager", "eager"]  # transformers' default, then the chosen kernel
 
 
 def test_flat_range_reads_any_slice_of_a_saved_tensor(tmp_path: Path) -> None:
