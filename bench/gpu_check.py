@@ -64,13 +64,15 @@ the first name found in torch.cuda.get_device_name() wins."""
 ROWS = {
     "objective_sdpa": "objective fwd+bwd, sdpa",
     "objective_flash": "objective fwd+bwd, flash_attention_2",
+    "packed_flash": "objective fwd+bwd packed (padding_free), flash_attention_2",
     "zero2": "DeepSpeed ZeRO-2 engine step",
     "zero3": "DeepSpeed ZeRO-3 engine step",
     "reference": "reference scorer (forward)",
     "quickstart": "quickstart via Ray, train.use_gpu=true",
     "packed_sdpa": "objective fwd+bwd packed (padding_free), sdpa",
-    "packed_flash": "objective fwd+bwd packed (padding_free), flash_attention_2",
 }
+"""Run in this order within the check's time budget: packed flash-attention, the only GPU evidence for
+packing, before the engines; packed sdpa (a dense block mask) last."""
 
 
 @dataclass(frozen=True)

@@ -142,7 +142,8 @@ def main() -> None:
                 lines += [f"**{key}**", "", *_table(value), ""]
             elif isinstance(value, dict) and "arms" in value:  # a second setting of the same bench
                 lines += [f"### {path.stem}: {key}", "", str(value.get("notes", "")), "", *_table(value["arms"]), "",
-                          *[f"- {k}: {v}" for k, v in value.items() if k not in ("notes", "arms")], ""]
+                          *([f"**{key}: repeats**", "", *_table(value["repeats"]), ""] if value.get("repeats") else []),
+                          *[f"- {k}: {v}" for k, v in value.items() if k not in ("notes", "arms", "repeats")], ""]
             elif key == "notes":
                 lines += [str(value), ""]
             else:

@@ -27,7 +27,7 @@ from common import RESULTS, write_result
 BENCH = Path(__file__).resolve().parent
 # name -> (full command args, smoke args or None when the bench has no small mode)
 BENCHES: dict[str, tuple[list[str], list[str] | None]] = {
-    "throughput": ([], ["--smoke"]),
+    "throughput": (["--long-repeats", "1"], ["--smoke"]),  # the repeats (bench/throughput.py alone) add ~15 min
     "parity": ([], ["--smoke"]),
     "mfu": ([], ["--smoke"]),
     "sweep": (["--steps", "40"], ["--smoke"]),  # 40 steps a run (sweep.yaml has 60): keeps the default set under 30 min

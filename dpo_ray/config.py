@@ -56,7 +56,7 @@ class ModelConfig:
     flash_attention_3 or flex_attention. Flash-attention needs train.use_gpu, 16-bit weights and the
     flash_attn package on the workers; with train.padding_free it runs each packed row as separate
     sequences (no pads and no block mask; README: Long, uneven sequences). A reference scored on CPU
-    (reference.num_gpus_per_actor=0) keeps transformers' default."""
+    (reference.num_gpus_per_actor=0) keeps transformers' default instead of a flash kernel."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """LoRA through PEFT (model.lora.r > 0); the frozen base is the reference model."""
 
