@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import yaml
 
-from dpo_ray.config_check import ATTENTION_KERNELS, ConfigError as ConfigError, needs_gpu, require as require
+from dpo_ray.config_check import ATTENTION_KERNELS, ConfigError as ConfigError, dtype_name, needs_gpu, require as require
 from dpo_ray.config_online import OnlineConfig
 from dpo_ray.config_loss import (BATCH_WIDE_LOSSES as BATCH_WIDE_LOSSES, F_DIVERGENCE_LOSSES as F_DIVERGENCE_LOSSES,
                                  LABEL_SMOOTHING_LOSSES as LABEL_SMOOTHING_LOSSES, LOSS_TYPES as LOSS_TYPES,
@@ -366,10 +366,10 @@ class Config:
             require(
                 (t.use_gpu, f"model.attn_implementation={attn} runs on GPUs only; set train.use_gpu=true, or use sdpa "
                             "(the default) or eager on CPU"),
-                (self.model.dtype in ("bfloat16", "float16") or (self.model.dtype == "auto" and t.bf16),
+                (dtype_name(self.model.dtype, on_gpu=True, bf16=t.bf16) != "float32",
                  f"model.attn_implementation={attn} takes 16-bit weights, and model.dtype={self.model.dtype} "
                  f"(train.bf16={str(t.bf16).lower()}) trains in float32; set model.dtype=bfloat16"),
-                (ref.num_gpus_per_actor == 0 or ref.dtype != "float32",
+                (ref.num_gpus_per_actor == 0 or dtype_name(ref.dtype, on_gpu=True) != "float32",
                  f"model.attn_implementation={attn} takes 16-bit weights, and reference.dtype=float32 on the reference's "
                  "GPUs; set reference.dtype=auto (bfloat16) or model.attn_implementation=sdpa"),
             )

@@ -37,3 +37,11 @@ ATTENTION_KERNELS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", 
 def needs_gpu(attn_implementation: str | None) -> bool:
     """Whether a model.attn_implementation value runs on CUDA only (the flash-attention kernels)."""
     return attn_implementation is not None and attn_implementation.startswith("flash_attention")
+
+
+def dtype_name(name: str, *, on_gpu: bool, bf16: bool = True) -> str:
+    """A model.dtype / reference.dtype value resolved: 'auto' -> bfloat16 on GPU (when bf16 is on),
+    float32 on CPU; else the named dtype (torch's name, without importing torch)."""
+    if name == "auto":
+        return "bfloat16" if on_gpu and bf16 else "float32"
+    return name

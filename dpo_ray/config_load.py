@@ -15,6 +15,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from dpo_ray.config import Config, ConfigError
+from dpo_ray.config_check import dtype_name as dtype_name  # callers import it from here
 from dpo_ray.paths import is_remote, looks_like_hub_id
 
 
@@ -171,10 +172,3 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     raise ConfigError(f"{key}={value!r}: expected {tp.__name__}, got {type(value).__name__}")
 
-
-def dtype_name(name: str, *, on_gpu: bool, bf16: bool = True) -> str:
-    """A model.dtype / reference.dtype value resolved: 'auto' -> bfloat16 on GPU (when bf16 is on),
-    float32 on CPU; else the named dtype (torch's name, without importing torch)."""
-    if name == "auto":
-        return "bfloat16" if on_gpu and bf16 else "float32"
-    return name
