@@ -107,6 +107,7 @@ def load_model_partitioned(
         _say_fallback(name_or_path, "no safetensors shards")
         return load_model_partitioned_by_transformers(name_or_path, ds_config, **kwargs)
     config = AutoConfig.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+    _import_model_class(config, name_or_path, revision, trust_remote_code)
     # prevent_arange_dtype_change (entered before zero.Init): RoPE's arange stays fp32 when zero.Init casts to bf16
     with no_init_weights(), prevent_arange_dtype_change(), deepspeed.zero.Init(config_dict_or_path=ds_config):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code,
@@ -121,6 +122,21 @@ def load_model_partitioned(
         model.generation_config = GenerationConfig.from_pretrained(name_or_path, revision=revision)
     model.eval()
     return _without_dropout(model) if disable_dropout else model
+
+
+def _import_model_class(config: Any, name_or_path: str, revision: str | None, trust_remote_code: bool) -> None:
+    """Import the model's class before zero.Init is entered. A class first defined inside zero.Init
+    gets DeepSpeed's __init__ wrapper at creation (Module.__init_subclass__), and on exit DeepSpeed
+    puts back the __init__ it saved then, dropping whatever a decorator set afterwards: transformers
+    5.25's hub-kernel decorator (kernels.use_kernelized_func) on LlamaAttention, so every later model of
+    that class in the process (a plain one, a LoRA export) fails with "no attribute '_kernel_funcs'"."""
+    auto_map = getattr(config, "auto_map", None) or {}
+    if trust_remote_code and "AutoModelForCausalLM" in auto_map:
+        from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+        get_class_from_dynamic_module(auto_map["AutoModelForCausalLM"], name_or_path, revision=revision)
+    elif type(config) in AutoModelForCausalLM._model_mapping:
+        AutoModelForCausalLM._model_mapping[type(config)]  # the lazy mapping imports the modeling module
 
 
 def load_model_partitioned_by_transformers(
