@@ -21,7 +21,6 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-from transformers import get_scheduler
 
 from dpo_ray.config import Config
 from dpo_ray.config_load import from_dict
@@ -34,11 +33,11 @@ from dpo_ray.train.ds_config import build_ds_config
 from dpo_ray.train.metrics import SUM_FIELDS, finalize, metric_sums
 from dpo_ray.train.objective import batch_objective
 from dpo_ray.train.order import EvalShard, ReadCounter, micro_batches, rank_lanes
+from dpo_ray.train.schedule import lr_schedule
 from dpo_ray.train.step import PeakMemory, batching, train_step
 from dpo_ray.train.stopping import Stopper
 
 WARMUP_STEPS = 2  # steps left out of perf/steady_*: allocator and DeepSpeed warm-up, first buckets
-SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -148,8 +147,8 @@ def _build_engine(deepspeed: Any, cfg: Config, steps: int, marks: dict[str, floa
     # foreach path's temporaries of the whole partition.
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay, fused=True)
-    scheduler = get_scheduler(SCHEDULERS[cfg.train.lr_scheduler], optimizer,
-                              num_warmup_steps=cfg.train.warmup_steps(steps), num_training_steps=steps)
+    scheduler = lr_schedule(cfg.train.lr_scheduler, optimizer, num_warmup_steps=cfg.train.warmup_steps(steps),
+                            num_training_steps=steps)
     engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                    config=ds_config)
     if cfg.train.padding_free:  # after initialize: ZeRO-3's hooks gather the partitioned weights for it
