@@ -42,7 +42,7 @@ def _gpu() -> str:
 def write_result(name: str, payload: dict[str, Any], results_dir: Path = RESULTS) -> Path:
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / f"{name}.json"
-    path.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
+    path.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")  # a payload's own "machine" wins
     return path
 
 

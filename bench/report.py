@@ -141,9 +141,11 @@ def main() -> None:
             if isinstance(value, list) and value and isinstance(value[0], dict):
                 lines += [f"**{key}**", "", *_table(value), ""]
             elif isinstance(value, dict) and "arms" in value:  # a second setting of the same bench
-                lines += [f"### {path.stem}: {key}", "", str(value.get("notes", "")), "", *_table(value["arms"]), "",
+                lines += [f"### {path.stem}: {key}", "",
+                          *([f"Machine (this setting, run alone): {_machine(value['machine'])}", ""] if "machine" in value else []),
+                          str(value.get("notes", "")), "", *_table(value["arms"]), "",
                           *([f"**{key}: repeats**", "", *_table(value["repeats"]), ""] if value.get("repeats") else []),
-                          *[f"- {k}: {v}" for k, v in value.items() if k not in ("notes", "arms", "repeats")], ""]
+                          *[f"- {k}: {v}" for k, v in value.items() if k not in ("notes", "arms", "repeats", "machine")], ""]
             elif key == "notes":
                 lines += [str(value), ""]
             else:

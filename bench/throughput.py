@@ -40,7 +40,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from common import REPO, RESULTS, run_in_repo, scratch_dir, write_result
+from common import REPO, RESULTS, machine, run_in_repo, scratch_dir, write_result
 from reference import varying_rows
 
 sys.path.insert(0, str(REPO))
@@ -303,15 +303,15 @@ def main() -> None:
     work = scratch_dir("bench-throughput-")
     has_trl = importlib.util.find_spec("trl") is not None
     path = args.results_dir / "throughput.json"
-    if args.only_uniform or args.only_long:  # the other settings stay as the last full run measured them
-        result = {k: v for k, v in json.loads(path.read_text()).items() if k != "machine"}
-    else:
-        result = varying_setting(args, work, has_trl)
+    alone = args.only_uniform or args.only_long
+    # Run alone, a setting is merged into the file: the others stay as the last full run measured them, under
+    # the file's machine line (kept), and the re-measured setting carries its own machine, versions and date.
+    result = json.loads(path.read_text()) if alone else varying_setting(args, work, has_trl)
     if not args.only_long:
-        result["uniform"] = uniform_setting(args, work, has_trl)
+        result["uniform"] = {**uniform_setting(args, work, has_trl), **({"machine": machine()} if alone else {})}
         print(result["uniform"], flush=True)
     if not args.only_uniform:
-        result["long"] = long_setting(args, work, has_trl)
+        result["long"] = {**long_setting(args, work, has_trl), **({"machine": machine()} if alone else {})}
         print(result["long"], flush=True)
     path = write_result("throughput", {**result, **({"trl": version("trl")} if has_trl else {})}, args.results_dir)
     print({k: v for k, v in result.items() if k.startswith(("vs_", "scaling", "memory", "targets"))}, f"wrote {path}")
