@@ -21,7 +21,7 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
 def _machine(m: dict[str, Any]) -> str:
     return (f"{m['date']}; {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, GPU: {m['gpu']}; "
             f"Python {m['python']}, torch {m['torch']}, ray {m['ray']}, deepspeed {m['deepspeed']}, "
-            f"transformers {m['transformers']}")
+            f"transformers {m['transformers']}" + (f", trl {m['trl']}" if "trl" in m else ""))
 
 
 def _load(name: str) -> dict[str, Any] | None:

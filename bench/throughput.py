@@ -290,8 +290,9 @@ def main() -> None:
     parser.add_argument("--micro-batch-size", type=int, default=8)
     parser.add_argument("--uniform-steps", type=int, default=120, help="steps of the uniform short-pair setting")
     parser.add_argument("--uniform-layers", type=int, default=6, help="layers of its model")
-    parser.add_argument("--only-uniform", action="store_true", help="run the uniform setting alone (merged into the results file)")
-    parser.add_argument("--only-long", action="store_true", help="run the long-conversation setting alone (merged likewise)")
+    alone = parser.add_mutually_exclusive_group()
+    alone.add_argument("--only-uniform", action="store_true", help="run the uniform setting alone (merged into the results file)")
+    alone.add_argument("--only-long", action="store_true", help="run the long-conversation setting alone (merged likewise)")
     parser.add_argument("--long-steps", type=int, default=16, help="steps of the long-conversation setting")
     parser.add_argument("--long-repeats", type=int, default=3,
                         help="runs of its two target arms (length-grouped, then the equal-cap budget); the targets use the medians")
@@ -308,13 +309,18 @@ def main() -> None:
     # the file's machine line (kept), and the re-measured setting carries its own machine, versions and date.
     result = json.loads(path.read_text()) if alone else varying_setting(args, work, has_trl)
     if not args.only_long:
-        result["uniform"] = {**uniform_setting(args, work, has_trl), **({"machine": machine()} if alone else {})}
+        result["uniform"] = {**uniform_setting(args, work, has_trl), **({"machine": _machine(has_trl)} if alone else {})}
         print(result["uniform"], flush=True)
     if not args.only_uniform:
-        result["long"] = {**long_setting(args, work, has_trl), **({"machine": machine()} if alone else {})}
+        result["long"] = {**long_setting(args, work, has_trl), **({"machine": _machine(has_trl)} if alone else {})}
         print(result["long"], flush=True)
-    path = write_result("throughput", {**result, **({"trl": version("trl")} if has_trl else {})}, args.results_dir)
+    path = write_result("throughput", {**result, **({"trl": version("trl")} if has_trl and not alone else {})}, args.results_dir)
     print({k: v for k, v in result.items() if k.startswith(("vs_", "scaling", "memory", "targets"))}, f"wrote {path}")
+
+
+def _machine(has_trl: bool) -> dict[str, Any]:
+    """This run's machine line, with TRL's version: a setting run alone stores it beside its arms."""
+    return {**machine(), **({"trl": version("trl")} if has_trl else {})}
 
 
 def varying_setting(args: argparse.Namespace, work: Path, has_trl: bool) -> dict[str, Any]:

@@ -207,7 +207,7 @@ class TrainConfig:
     learning_rate: float = 5e-7
     """Peak learning rate of AdamW."""
     lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
-    """transformers scheduler after warmup (constant means constant_with_warmup)."""
+    """The schedule after warmup: transformers' (so TRL's) linear, cosine, constant_with_warmup, same rates (train/schedule.py)."""
     warmup_ratio: float = 0.0
     """Share of max_steps spent warming up linearly from 0."""
     weight_decay: float = 0.0

@@ -110,7 +110,9 @@ def load_model_partitioned(
     _import_model_class(config, name_or_path, revision, trust_remote_code)
     # prevent_arange_dtype_change (entered before zero.Init): RoPE's arange stays fp32 when zero.Init casts to bf16
     with no_init_weights(), prevent_arange_dtype_change(), deepspeed.zero.Init(config_dict_or_path=ds_config):
+        # code_revision: remote code at the pinned revision, the class imported above (from_config alone takes main's)
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                 **({"code_revision": revision} if trust_remote_code else {}),
                                                  **_attention(attn_implementation))
     model.tie_weights()  # tied embeddings: one parameter, read once under its first name
     mismatch = _read_partitions(model, files)

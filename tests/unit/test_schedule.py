@@ -22,7 +22,7 @@ def _rates(make, steps: int) -> list[float]:
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=3e-4)
     sched = make(opt)
     rates = []
-    for _ in range(steps + 2):  # past the end too: linear stays at 0, cosine at its last value
+    for _ in range(steps + 2):  # past the end too: linear stays at 0, cosine climbs back, as in transformers
         rates.append(sched.get_last_lr()[0])
         opt.step()
         sched.step()
